@@ -1,0 +1,1 @@
+//! msr-safe's batch ioctl (`/dev/cpu/msr_batch`).

@@ -1,0 +1,1 @@
+//! Test doubles at the device boundary that follow the documented kernel behaviour.

@@ -1,0 +1,24 @@
+//! msr_backend: snapshot every allowlisted MSR on every online CPU, save it durably, put the
+//! write-masked bits back later, and tell when a node has drifted from a snapshot.
+//!
+//! Data flows one way: allowlist + node -> device -> snapshot -> save file -> plan -> device ->
+//! report. The decisions that matter (which bits a restore may write, what counts as drift) are
+//! pure functions in [`plan`], tested without any device.
+//!
+//! Nothing here knows about SLURM or PBS; the plugin and the hooks call [`jobs`] or the `msrsave`
+//! command line.
+
+pub mod allowlist;
+pub mod device;
+pub mod emulate;
+pub mod error;
+pub mod names;
+pub mod node;
+pub mod plan;
+pub mod restore;
+pub mod savefile;
+pub mod snapshot;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use types::{CpuId, Hex64, MsrAddr, WriteMask};

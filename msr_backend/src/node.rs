@@ -1,0 +1,278 @@
+//! A node seen through a root directory: `/` on a real node, or the directory of an emulated
+//! node (or a container's view of the host). Every device, sysfs and procfs path goes through
+//! [`Node::path`], so the rest of the library never spells an absolute path.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::CpuId;
+
+pub const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+pub const CPUINFO: &str = "/proc/cpuinfo";
+pub const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+pub const MSR_SAFE_VERSION: &str = "/sys/module/msr_safe/version";
+pub const MSR_SAFE_VERSION_NODE: &str = "/dev/cpu/msr_safe_version";
+pub const ALLOWLIST_NODE: &str = "/dev/cpu/msr_allowlist";
+pub const BATCH_NODE: &str = "/dev/cpu/msr_batch";
+pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+/// Names the allowlist node had before msr-safe 1.5.
+pub const OLD_ALLOWLIST_NODES: [&str; 2] = ["/dev/cpu/msr_whitelist", "/dev/cpu/msr_approved_list"];
+
+/// The CPU model a node reports, as msr-safe's allowlist file names use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuIdentity {
+    pub vendor: String,
+    pub family: u32,
+    pub model: u32,
+}
+
+impl fmt::Display for CpuIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} family {:#04x} model {:#04x}",
+            self.vendor, self.family, self.model
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    root: PathBuf,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+impl Node {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Node { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when this node is not the machine's own `/`.
+    pub fn is_rooted_elsewhere(&self) -> bool {
+        self.root != Path::new("/")
+    }
+
+    /// Where an absolute system path lives on this node.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// The per-CPU device node `/dev/cpu/<cpu>/<leaf>`.
+    pub fn cpu_node(&self, cpu: CpuId, leaf: &str) -> PathBuf {
+        self.path(&format!("/dev/cpu/{}/{leaf}", cpu.0))
+    }
+
+    fn read_text(&self, abs: &str) -> Result<String> {
+        let p = self.path(abs);
+        std::fs::read_to_string(&p).map_err(|e| Error::io(p, e))
+    }
+
+    /// Online CPUs, from the kernel's list (never from a count: CPUs may be offline or sparse).
+    pub fn online_cpus(&self) -> Result<Vec<CpuId>> {
+        let p = self.path(ONLINE_CPUS);
+        let text = self.read_text(ONLINE_CPUS)?;
+        parse_cpu_list(&text).map_err(|reason| Error::Node { path: p, reason })
+    }
+
+    /// Vendor, family and model of the first processor in `/proc/cpuinfo`.
+    pub fn cpu_identity(&self) -> Result<CpuIdentity> {
+        let p = self.path(CPUINFO);
+        let text = self.read_text(CPUINFO)?;
+        parse_cpuinfo(&text).map_err(|reason| Error::Node { path: p, reason })
+    }
+
+    /// The kernel release (`uname -r`) of this node.
+    pub fn kernel_release(&self) -> Option<String> {
+        if let Ok(s) = self.read_text(OSRELEASE) {
+            return Some(s.trim().to_string());
+        }
+        if self.is_rooted_elsewhere() {
+            return None;
+        }
+        nix::sys::utsname::uname()
+            .ok()
+            .map(|u| u.release().to_string_lossy().into_owned())
+    }
+
+    /// msr-safe's module version, if the module is loaded.
+    pub fn msr_safe_version(&self) -> Option<String> {
+        if let Ok(s) = self.read_text(MSR_SAFE_VERSION) {
+            return Some(s.trim().to_string());
+        }
+        // The device node returns the version with a trailing NUL.
+        self.read_text(MSR_SAFE_VERSION_NODE)
+            .ok()
+            .map(|s| s.trim_end_matches(['\0', '\n']).to_string())
+    }
+
+    /// The kernel lockdown state (`none`, `integrity`, `confidentiality`) if the kernel has one.
+    pub fn lockdown(&self) -> Option<String> {
+        let s = self.read_text(LOCKDOWN).ok()?;
+        // Format: "none [integrity] confidentiality": the bracketed word is in force.
+        let start = s.find('[')?;
+        let end = s[start..].find(']')? + start;
+        Some(s[start + 1..end].to_string())
+    }
+
+    /// The path of msr-safe's allowlist node, under its current name or an older one.
+    pub fn allowlist_node(&self) -> PathBuf {
+        let current = self.path(ALLOWLIST_NODE);
+        if current.exists() {
+            return current;
+        }
+        OLD_ALLOWLIST_NODES
+            .iter()
+            .map(|n| self.path(n))
+            .find(|p| p.exists())
+            .unwrap_or(current)
+    }
+}
+
+/// The host name recorded in save files and checked on restore.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Parse the kernel's CPU list syntax (`0-3,8,10-11`).
+pub fn parse_cpu_list(text: &str) -> std::result::Result<Vec<CpuId>, String> {
+    let text = text.trim();
+    let mut cpus = Vec::new();
+    if text.is_empty() {
+        return Err("empty CPU list".to_string());
+    }
+    for part in text.split(',') {
+        let part = part.trim();
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{part:?} in CPU list {text:?} is not a CPU number or range"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!(
+                        "range {part:?} in CPU list {text:?} runs backwards"
+                    ));
+                }
+                cpus.extend((a..=b).map(CpuId));
+            }
+            None => cpus.push(CpuId(num(part)?)),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Format CPUs in the kernel's list syntax (inverse of [`parse_cpu_list`]).
+pub fn format_cpu_list(cpus: &[CpuId]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i].0;
+        let mut end = start;
+        while i + 1 < cpus.len() && cpus[i + 1].0 == end + 1 {
+            end += 1;
+            i += 1;
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+fn parse_cpuinfo(text: &str) -> std::result::Result<CpuIdentity, String> {
+    let mut vendor = None;
+    let mut family = None;
+    let mut model = None;
+    // Only the first processor block: all CPUs of a node are one model.
+    for line in text.lines() {
+        if line.trim().is_empty() && vendor.is_some() {
+            break;
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "vendor_id" => vendor = Some(value.to_string()),
+            "cpu family" => family = value.parse::<u32>().ok(),
+            "model" => model = value.parse::<u32>().ok(),
+            _ => {}
+        }
+    }
+    match (vendor, family, model) {
+        (Some(vendor), Some(family), Some(model)) => Ok(CpuIdentity {
+            vendor,
+            family,
+            model,
+        }),
+        _ => Err("no vendor_id, cpu family and model lines for the first processor".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        let c = parse_cpu_list("0-3,8,10-11\n").unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(format_cpu_list(&c), "0-3,8,10-11");
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("0-x").is_err());
+    }
+
+    #[test]
+    fn cpuinfo_first_block() {
+        let t = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Xeon\n\nprocessor\t: 1\nvendor_id\t: X\n";
+        let id = parse_cpuinfo(t).unwrap();
+        assert_eq!(
+            id,
+            CpuIdentity {
+                vendor: "GenuineIntel".into(),
+                family: 6,
+                model: 85
+            }
+        );
+        assert!(parse_cpuinfo("processor: 0\n").is_err());
+    }
+
+    #[test]
+    fn paths_are_taken_under_the_root() {
+        let n = Node::new("/tmp/node");
+        assert_eq!(
+            n.cpu_node(CpuId(3), "msr"),
+            PathBuf::from("/tmp/node/dev/cpu/3/msr")
+        );
+        assert!(n.is_rooted_elsewhere());
+        assert!(!Node::default().is_rooted_elsewhere());
+    }
+}

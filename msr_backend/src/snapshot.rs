@@ -1,0 +1,80 @@
+//! Taking a snapshot: read every allowlisted MSR on every online CPU, in parallel, each register
+//! keeping its own outcome (an MSR the CPU does not support reads EIO and the rest goes on).
+
+use std::sync::Arc;
+
+use crate::allowlist::{Allowlist, AllowlistEntry};
+use crate::device::{self, MsrDevice, MsrOp, OpError};
+use crate::error::Result;
+use crate::types::CpuId;
+
+/// Register values of some CPUs for the entries of an allowlist, CPU-major.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub allowlist: Arc<Allowlist>,
+    pub cpus: Vec<CpuId>,
+    /// `values[cpu_index * allowlist.len() + entry_index]`.
+    pub values: Vec<Result<u64, OpError>>,
+}
+
+impl Snapshot {
+    /// Read every entry of `allowlist` on every CPU of `cpus`.
+    pub fn take(
+        device: &dyn MsrDevice,
+        allowlist: Arc<Allowlist>,
+        cpus: &[CpuId],
+    ) -> Result<Snapshot> {
+        let values = read_registers(device, allowlist.entries(), cpus)?;
+        Ok(Snapshot {
+            allowlist,
+            cpus: cpus.to_vec(),
+            values,
+        })
+    }
+
+    pub fn entries(&self) -> &[AllowlistEntry] {
+        self.allowlist.entries()
+    }
+
+    pub fn cpu_index(&self, cpu: CpuId) -> Option<usize> {
+        self.cpus
+            .binary_search(&cpu)
+            .ok()
+            .or_else(|| self.cpus.iter().position(|&c| c == cpu))
+    }
+
+    /// The values of one CPU, in allowlist order.
+    pub fn cpu_values(&self, cpu_index: usize) -> &[Result<u64, OpError>] {
+        let n = self.allowlist.len();
+        &self.values[cpu_index * n..(cpu_index + 1) * n]
+    }
+
+    pub fn value(&self, cpu_index: usize, entry_index: usize) -> Result<u64, OpError> {
+        self.values[cpu_index * self.allowlist.len() + entry_index]
+    }
+
+    /// How many registers could not be read.
+    pub fn unreadable(&self) -> usize {
+        self.values.iter().filter(|v| v.is_err()).count()
+    }
+}
+
+/// Read `entries` on each of `cpus`; the result is CPU-major, one outcome per register.
+pub fn read_registers(
+    device: &dyn MsrDevice,
+    entries: &[AllowlistEntry],
+    cpus: &[CpuId],
+) -> Result<Vec<Result<u64, OpError>>> {
+    let mut ops: Vec<MsrOp> = Vec::with_capacity(entries.len() * cpus.len());
+    for &cpu in cpus {
+        ops.extend(entries.iter().map(|e| MsrOp::read(cpu, e.addr)));
+    }
+    device::execute(device, &mut ops)?;
+    Ok(ops
+        .into_iter()
+        .map(|op| {
+            op.result
+                .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
+        })
+        .collect())
+}
