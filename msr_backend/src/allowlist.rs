@@ -376,6 +376,40 @@ impl Allowlist {
     }
 }
 
+/// msr-safe's names for a CPU's list: `al_<FF>_<MM>` (`printf 'al_%.2X_%X'`) and, before
+/// v1.8, `al_<ff><mm>`.
+pub fn allowlist_file_names(id: &crate::node::CpuIdentity) -> Vec<String> {
+    vec![
+        format!("al_{:02X}_{:X}", id.family, id.model),
+        format!("al_{:02x}{:02x}", id.family, id.model),
+    ]
+}
+
+/// The first list for `id` in `dirs` (in order, current naming first).
+pub fn select_allowlist(
+    id: &crate::node::CpuIdentity,
+    dirs: &[PathBuf],
+) -> Result<PathBuf, AllowlistError> {
+    let names = allowlist_file_names(id);
+    for dir in dirs {
+        for name in &names {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(AllowlistError::NoListForCpu {
+        cpu: id.to_string(),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        names: names.join(" or "),
+    })
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,6 +9,7 @@
 //! command line.
 
 pub mod allowlist;
+pub mod config;
 pub mod device;
 pub mod emulate;
 pub mod error;
