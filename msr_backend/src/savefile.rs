@@ -332,12 +332,12 @@ impl SaveFile {
     /// Write atomically and durably: a temporary file next to `path` (mode 0600, created
     /// exclusively, never following a link), fsync, rename over `path`, fsync the directory.
     pub fn store(&self, path: &Path) -> Result<(), SaveFileError> {
-        write_atomically(path, self.to_json().as_bytes())
+        write_atomically(path, self.to_json().as_bytes(), SAVE_FILE_MODE)
     }
 }
 
 /// Write `bytes` to `path` so that a reader sees the old file or the whole new one, never part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaveFileError> {
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SaveFileError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SaveFileError::Io { path: p, source }
@@ -361,7 +361,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaveFileError> 
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(SAVE_FILE_MODE)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(io(&tmp))?;

@@ -1,0 +1,247 @@
+//! The command-line definition (clap). Man pages and shell completions are generated from it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "msrsave",
+    version,
+    about = "Save, restore and check x86 MSRs on HPC nodes through msr-safe or the stock msr driver",
+    long_about = "Save, restore and check x86 model-specific registers (MSRs) so that every job starts \
+                  on a node as it was. Reads every allowlisted MSR on every online CPU in parallel, \
+                  restores only the write-masked bits, and reports drift.\n\n\
+                  LLNL msrsave's forms still work: `msrsave FILE` saves, `msrsave -r FILE` restores.",
+    after_help = "Exit status: 0 done and clean; 1 drift found (check) or some registers not restored or \
+                  verified (restore, job end); 2 usage or input error, nothing was done."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Take every device, sysfs and procfs path under DIR instead of / (an emulated node, or a
+    /// container's view of the host). Files named on the command line are taken as given.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Device backend [default: auto, or `backend` in the configuration file]
+    #[arg(long, global = true, value_enum)]
+    pub backend: Option<BackendArg>,
+
+    /// Use this allowlist instead of the one loaded in msr-safe
+    #[arg(long, global = true, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+
+    /// Directory of allowlists to pick from for this CPU (repeatable)
+    /// [default: /usr/share/msr-restore/allowlists]
+    #[arg(long = "allowlist-dir", global = true, value_name = "DIR")]
+    pub allowlist_dirs: Vec<PathBuf>,
+
+    /// Configuration file [default: $MSR_RESTORE_CONFIG or /etc/msr-restore/msr-restore.conf]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print one JSON object on stdout instead of the readable report
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendArg {
+    /// The best available: batch, then safe, then msr
+    Auto,
+    /// msr-safe's batch ioctl (/dev/cpu/msr_batch)
+    Batch,
+    /// msr-safe's per-CPU nodes (/dev/cpu/N/msr_safe)
+    Safe,
+    /// The stock driver (/dev/cpu/N/msr); msrsave enforces the allowlist itself
+    Msr,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Snapshot every allowlisted MSR on every online CPU into FILE
+    Save {
+        /// The save file to write (atomically, mode 0600)
+        file: PathBuf,
+        /// Record this job id in the file
+        #[arg(long)]
+        job_id: Option<String>,
+    },
+    /// Put back the write-masked bits recorded in FILE, then read back and verify
+    Restore {
+        file: PathBuf,
+        /// Show what would be written, write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Accept a file recorded on another host
+        #[arg(long)]
+        allow_foreign_host: bool,
+    },
+    /// Compare the node now with FILE (a job's snapshot or a baseline); exit 1 on drift
+    Check {
+        file: PathBuf,
+        /// Compare every bit, not only the writable ones (counters and status bits will differ)
+        #[arg(long)]
+        all_bits: bool,
+        /// Also write node_exporter textfile metrics to this file
+        #[arg(long, value_name = "PROM_FILE")]
+        prometheus: Option<PathBuf>,
+        /// Accept a file recorded on another host
+        #[arg(long)]
+        allow_foreign_host: bool,
+    },
+    /// Compare two save files
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Compare only bits writable in both files
+        #[arg(long)]
+        writable_only: bool,
+    },
+    /// Print a save file readably
+    Show {
+        file: PathBuf,
+        /// Only this CPU
+        #[arg(long)]
+        cpu: Option<u32>,
+    },
+    /// Show, pick, load or lint allowlists
+    #[command(subcommand)]
+    Allowlist(AllowlistCommand),
+    /// CPU, backend chosen and why, msr-safe version, allowlist state
+    Info,
+    /// Make an emulated node under DIR (regular files standing in for the devices)
+    Emulate {
+        dir: PathBuf,
+        /// Number of online CPUs
+        #[arg(long, default_value_t = 4)]
+        cpus: u32,
+        /// CPU family and model as FF_MM in hex (e.g. 06_55 for Skylake-SP)
+        #[arg(long = "cpu-model", value_name = "FF_MM", default_value = "06_55")]
+        cpu_model: String,
+        /// vendor_id in /proc/cpuinfo
+        #[arg(long, default_value = "GenuineIntel")]
+        vendor: String,
+    },
+    /// Run the whole cycle on a temporary emulated node and print what happened
+    Demo {
+        /// CPUs of the emulated node
+        #[arg(long, default_value_t = 4)]
+        cpus: u32,
+        /// Keep the emulated node in this directory instead of a temporary one
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AllowlistCommand {
+    /// Print an allowlist (default: the one in effect) in the kernel's read-back form
+    Show { file: Option<PathBuf> },
+    /// Print which shipped allowlist fits this node's CPU
+    Select,
+    /// Load an allowlist into msr-safe (/dev/cpu/msr_allowlist)
+    Load {
+        /// The list to load
+        #[arg(required_unless_present = "auto", conflicts_with = "auto")]
+        file: Option<PathBuf>,
+        /// Pick the list for this CPU from the allowlist directories
+        #[arg(long)]
+        auto: bool,
+    },
+    /// Check allowlist files as the kernel would parse them, and warn about surprises
+    Lint {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Global options that take a value, for [`rewrite_llnl_forms`].
+const VALUE_OPTIONS: [&str; 5] = [
+    "--root",
+    "--backend",
+    "--allowlist",
+    "--allowlist-dir",
+    "--config",
+];
+const SUBCOMMANDS: [&str; 11] = [
+    "save",
+    "restore",
+    "check",
+    "diff",
+    "show",
+    "allowlist",
+    "info",
+    "emulate",
+    "demo",
+    "job",
+    "help",
+];
+
+/// Keep LLNL msrsave's forms working: `msrsave FILE` is `save FILE`, `msrsave -r FILE` is
+/// `restore FILE`.
+pub fn rewrite_llnl_forms(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = args.clone();
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if VALUE_OPTIONS.contains(&a.as_ref()) {
+            i += 2;
+            continue;
+        }
+        if a == "-r" {
+            out[i] = OsString::from("restore");
+        } else if !a.starts_with('-') && !SUBCOMMANDS.contains(&a.as_ref()) {
+            out.insert(i, OsString::from("save"));
+        } else if a.starts_with('-') && !matches!(a.as_ref(), "--json") && !a.contains('=') {
+            // --help, --version and unknown options are clap's to answer.
+            return out;
+        } else {
+            i += 1;
+            continue;
+        }
+        return out;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(a: &[&str]) -> Vec<String> {
+        rewrite_llnl_forms(a.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn llnl_forms() {
+        assert_eq!(rw(&["msrsave", "f.json"]), ["msrsave", "save", "f.json"]);
+        assert_eq!(
+            rw(&["msrsave", "-r", "f.json"]),
+            ["msrsave", "restore", "f.json"]
+        );
+        assert_eq!(
+            rw(&["msrsave", "--root", "/x", "f"]),
+            ["msrsave", "--root", "/x", "save", "f"]
+        );
+        assert_eq!(rw(&["msrsave", "check", "f"]), ["msrsave", "check", "f"]);
+        assert_eq!(rw(&["msrsave", "--version"]), ["msrsave", "--version"]);
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,154 @@
+//! `allowlist show | select | load | lint`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use msr_backend::allowlist::{kernel_parse, select_allowlist, Allowlist};
+use msr_backend::device::errno_meaning;
+use msr_backend::device::select::loaded_allowlist;
+use nix::errno::Errno;
+use serde_json::json;
+
+use super::{line, shown, Context, Outcome};
+use crate::cli::AllowlistCommand;
+use crate::{EXIT_FAILED, EXIT_OK};
+
+pub fn run(ctx: &Context, cmd: &AllowlistCommand) -> Result<Outcome> {
+    match cmd {
+        AllowlistCommand::Show { file } => show(ctx, file.as_ref()),
+        AllowlistCommand::Select => {
+            let path = pick(ctx)?;
+            Ok(Outcome::new(
+                EXIT_OK,
+                json!({"command": "allowlist select", "ok": true, "file": shown(&path)}),
+                format!("{}\n", shown(&path)),
+            ))
+        }
+        AllowlistCommand::Load { file, auto } => load(ctx, file.as_ref(), *auto),
+        AllowlistCommand::Lint { files } => lint(files),
+    }
+}
+
+fn pick(ctx: &Context) -> Result<PathBuf> {
+    let id = ctx.node.cpu_identity()?;
+    Ok(select_allowlist(&id, &ctx.config.allowlist_dirs)?)
+}
+
+fn show(ctx: &Context, file: Option<&PathBuf>) -> Result<Outcome> {
+    let list = match file.or(ctx.config.allowlist.as_ref()) {
+        Some(f) => Allowlist::from_file(f)?,
+        None => loaded_allowlist(&ctx.node).map_err(anyhow::Error::msg)?,
+    };
+    let entries: Vec<_> = list
+        .entries()
+        .iter()
+        .map(|e| json!({"msr": e.addr, "mask": e.mask, "name": e.name}))
+        .collect();
+    Ok(Outcome::new(
+        EXIT_OK,
+        json!({"command": "allowlist show", "ok": true, "source": list.source(), "digest": list.digest(),
+               "msrs": list.len(), "writable": list.writable_count(), "entries": entries}),
+        list.to_kernel_text(),
+    ))
+}
+
+fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<Outcome> {
+    let path = match (file, auto) {
+        (Some(f), _) => f.clone(),
+        (None, _) => pick(ctx)
+            .context("allowlist load --auto: no list for this CPU, so nothing was loaded")?,
+    };
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", shown(&path)))?;
+    // Refuse what the kernel would refuse, before writing: a duplicate would leave msr-safe
+    // with an EMPTY list.
+    let list = Allowlist::parse(&text, &shown(&path))?;
+    let node = ctx.node.allowlist_node();
+    anyhow::ensure!(
+        node.exists(),
+        "{} does not exist: msr-safe is not loaded (modprobe msr-safe), so no list was loaded",
+        shown(&node)
+    );
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(!is_char_device(&node))
+        .open(&node)
+        .with_context(|| {
+            format!(
+                "cannot open {} for writing (needs root or the msr-admin group)",
+                shown(&node)
+            )
+        })?;
+    // msr-safe takes the whole list in one write().
+    let written = f.write(&text).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        anyhow::anyhow!(
+            "{}: msr-safe refused {}: {errno:?} ({})",
+            shown(&node),
+            shown(&path),
+            errno_meaning(errno)
+        )
+    })?;
+    anyhow::ensure!(
+        written == text.len(),
+        "{}: short write ({written} of {} bytes)",
+        shown(&node),
+        text.len()
+    );
+    Ok(Outcome::new(
+        EXIT_OK,
+        json!({"command": "allowlist load", "ok": true, "file": shown(&path), "node": shown(&node),
+               "msrs": list.len(), "writable": list.writable_count(), "digest": list.digest()}),
+        format!(
+            "loaded {} ({} MSRs, {} writable) into {}\n",
+            shown(&path),
+            list.len(),
+            list.writable_count(),
+            shown(&node)
+        ),
+    ))
+}
+
+fn is_char_device(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_char_device())
+        .unwrap_or(false)
+}
+
+fn lint(files: &[PathBuf]) -> Result<Outcome> {
+    let mut h = String::new();
+    let mut reports = Vec::new();
+    let mut errors = 0;
+    for f in files {
+        let text = std::fs::read(f).with_context(|| format!("cannot read {}", shown(f)))?;
+        match kernel_parse(&text) {
+            Ok(entries) => {
+                let writable = entries.iter().filter(|e| e.mask != 0).count();
+                line(
+                    &mut h,
+                    format!(
+                        "{}: ok, {} MSRs, {writable} writable",
+                        shown(f),
+                        entries.len()
+                    ),
+                );
+                reports.push(json!({"file": shown(f), "ok": true, "msrs": entries.len(), "writable": writable}));
+            }
+            Err(e) => {
+                errors += 1;
+                line(&mut h, format!("{}:{}: error: {e}", shown(f), e.line));
+                reports.push(
+                    json!({"file": shown(f), "ok": false, "line": e.line, "token": e.token,
+                                    "errno": format!("{:?}", e.errno), "error": e.to_string()}),
+                );
+            }
+        }
+    }
+    Ok(Outcome::new(
+        if errors == 0 { EXIT_OK } else { EXIT_FAILED },
+        json!({"command": "allowlist lint", "ok": errors == 0, "files": reports}),
+        h,
+    ))
+}
