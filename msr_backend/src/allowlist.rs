@@ -262,11 +262,32 @@ fn trailing_comment(buf: &[u8], mut pos: usize) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// A hasher for MSR addresses: the guard looks one up for every op, and SipHash's DoS
+/// resistance buys nothing for a key set read from a root-owned file.
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type AddrIndex = HashMap<MsrAddr, usize, std::hash::BuildHasherDefault<AddrHasher>>;
+
 /// A validated allowlist: the MSRs we may read and the bits we may write.
 #[derive(Clone, Debug)]
 pub struct Allowlist {
     entries: Vec<AllowlistEntry>,
-    index: HashMap<MsrAddr, usize>,
+    index: AddrIndex,
     source: String,
 }
 
@@ -308,7 +329,7 @@ impl Allowlist {
         entries: Vec<AllowlistEntry>,
         source: &str,
     ) -> Result<Allowlist, AllowlistError> {
-        let mut index = HashMap::with_capacity(entries.len());
+        let mut index = AddrIndex::with_capacity_and_hasher(entries.len(), Default::default());
         for (i, e) in entries.iter().enumerate() {
             if index.insert(e.addr, i).is_some() {
                 return Err(AllowlistError::Invalid {

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use crate::allowlist::{Allowlist, AllowlistEntry};
-use crate::device::{self, MsrDevice, MsrOp, OpError};
+use nix::errno::Errno;
+use rayon::prelude::*;
+
+use crate::device::{self, MsrDevice, MsrOp, OpError, Parallelism};
 use crate::error::Result;
 use crate::types::CpuId;
 
@@ -65,16 +68,33 @@ pub fn read_registers(
     entries: &[AllowlistEntry],
     cpus: &[CpuId],
 ) -> Result<Vec<Result<u64, OpError>>> {
-    let mut ops: Vec<MsrOp> = Vec::with_capacity(entries.len() * cpus.len());
-    for &cpu in cpus {
-        ops.extend(entries.iter().map(|e| MsrOp::read(cpu, e.addr)));
+    // An op the device left without a result is a device bug; count it as unreadable.
+    let outcome = |op: MsrOp| op.result.unwrap_or(Err(OpError::Errno(Errno::EIO)));
+    if device.parallelism() == Parallelism::Batched {
+        let mut ops: Vec<MsrOp> = Vec::with_capacity(entries.len() * cpus.len());
+        for &cpu in cpus {
+            ops.extend(entries.iter().map(|e| MsrOp::read(cpu, e.addr)));
+        }
+        device::execute(device, &mut ops)?;
+        return Ok(ops.into_iter().map(outcome).collect());
     }
-    device::execute(device, &mut ops)?;
-    Ok(ops
-        .into_iter()
-        .map(|op| {
-            op.result
-                .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
-        })
-        .collect())
+    // Per-CPU devices: one worker per CPU builds, runs and stores only its own ops, so memory
+    // stays at one CPU's ops per worker.
+    let n = entries.len();
+    let mut values = vec![Err(OpError::Errno(Errno::EIO)); n * cpus.len()];
+    if n == 0 {
+        return Ok(values);
+    }
+    values
+        .par_chunks_mut(n)
+        .zip(cpus.par_iter())
+        .try_for_each(|(out, &cpu)| {
+            let mut ops: Vec<MsrOp> = entries.iter().map(|e| MsrOp::read(cpu, e.addr)).collect();
+            device::run_on_cpu(device, &mut ops)?;
+            for (slot, op) in out.iter_mut().zip(ops) {
+                *slot = outcome(op);
+            }
+            Ok::<(), device::DeviceError>(())
+        })?;
+    Ok(values)
 }

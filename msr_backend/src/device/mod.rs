@@ -252,15 +252,24 @@ pub fn execute(device: &dyn MsrDevice, ops: &mut [MsrOp]) -> Result<(), DeviceEr
             }
             Ok(())
         }
-        mode => {
+        _ => {
             let groups: Vec<&mut [MsrOp]> = ops.chunk_by_mut(|a, b| a.cpu == b.cpu).collect();
-            groups.into_par_iter().try_for_each(|group| {
-                let _pin =
-                    (mode == Parallelism::PerCpuPinned).then(|| pin::PinGuard::to(group[0].cpu));
-                device.run(group)
-            })
+            groups
+                .into_par_iter()
+                .try_for_each(|group| run_on_cpu(device, group))
         }
     }
+}
+
+/// Run ops that all address one CPU, from a thread pinned to that CPU when the device is a real
+/// per-CPU kernel node.
+pub fn run_on_cpu(device: &dyn MsrDevice, ops: &mut [MsrOp]) -> Result<(), DeviceError> {
+    let Some(first) = ops.first() else {
+        return Ok(());
+    };
+    let _pin =
+        (device.parallelism() == Parallelism::PerCpuPinned).then(|| pin::PinGuard::to(first.cpu));
+    device.run(ops)
 }
 
 mod pin {
