@@ -41,13 +41,17 @@ fn time<F: FnMut()>(rounds: usize, mut f: F) -> Duration {
     )
 }
 
+/// Peak resident memory of this process (VmHWM; getrusage's ru_maxrss would include the
+/// parent's peak inherited across fork and exec).
 fn max_rss_kib() -> i64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    unsafe {
-        let mut r: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut r);
-        r.ru_maxrss
-    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(-1)
 }
 
 fn main() {

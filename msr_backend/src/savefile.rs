@@ -28,7 +28,6 @@ pub const FORMAT_NAME: &str = "msr-restore-snapshot";
 pub const FORMAT_VERSION: u32 = 1;
 /// Permissions of a save file: register values can reveal what a job ran.
 pub const SAVE_FILE_MODE: u32 = 0o600;
-const CHECKSUM_KEY: &str = "checksum";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveFileError {
@@ -108,51 +107,115 @@ struct AllowlistRecord {
     entries: Vec<EntryRecord>,
 }
 
-/// The document as it is on disk, less the checksum. (No deny_unknown_fields: serde does not
-/// support it with flatten; the checksum already refuses any change.)
+/// A register's recorded outcome: hex value, or the error name (`EIO`, ...). Parsed straight
+/// from the string, so loading a 100k-register file allocates no string per value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SavedValue(Result<u64, OpError>);
+
+impl Serialize for SavedValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Ok(v) => s.collect_str(&Hex64(v)),
+            Err(e) => s.collect_str(&e.code()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SavedValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SavedValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a hex register value or an errno name")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SavedValue, E> {
+                let v = if text.starts_with("0x") {
+                    text.parse::<Hex64>().map(|h| Ok(h.0)).ok()
+                } else {
+                    OpError::from_code(text).map(Err)
+                };
+                v.map(SavedValue).ok_or_else(|| {
+                    E::custom(format!("{text:?} is neither a hex value nor an error name"))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The document as it is on disk. The checksum is sha256 over the compact JSON of the same
+/// document with no checksum: independent of whitespace, sensitive to any value.
 #[derive(Serialize, Deserialize)]
 struct Document {
     format: String,
     version: u32,
-    #[serde(flatten)]
-    meta: SaveMeta,
+    host: String,
+    created: String,
+    job_id: Option<String>,
+    cpu: CpuIdentity,
+    kernel: Option<String>,
+    backend: BackendKind,
+    msr_safe: Option<String>,
     allowlist: AllowlistRecord,
     /// The CPUs in kernel list syntax, for people; `cpus` is authoritative.
     cpu_list: String,
     cpus: Vec<CpuId>,
-    /// One row per CPU of `cpus`, one value per allowlist entry: hex, or an errno name.
-    values: Vec<Vec<String>>,
+    /// One row per CPU of `cpus`, one value per allowlist entry.
+    values: Vec<Vec<SavedValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
 }
 
-/// A snapshot with its metadata: what `save` writes and `restore`/`check` read.
+/// Just enough of a document to refuse a foreign or newer file before parsing the rest.
+#[derive(Deserialize)]
+struct Header {
+    format: Option<String>,
+    version: Option<u64>,
+}
+
+/// A save file's content: a snapshot with its metadata.
 #[derive(Clone, Debug)]
 pub struct SaveFile {
     pub meta: SaveMeta,
     pub snapshot: Snapshot,
 }
 
-fn value_text(v: &Result<u64, OpError>) -> String {
-    match v {
-        Ok(x) => Hex64(*x).to_string(),
-        Err(e) => e.code(),
+/// Feeds serialised bytes into a digest without buffering them.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-/// sha256 over the compact JSON of the document without its checksum (keys sorted, since
-/// serde_json's map is ordered): independent of whitespace, sensitive to any value.
-fn checksum_of(doc: &serde_json::Value) -> String {
-    let bytes = serde_json::to_vec(doc).unwrap_or_default();
-    format!("sha256:{}", hex(&Sha256::digest(&bytes)))
+fn checksum_of(doc: &Document) -> String {
+    debug_assert!(doc.checksum.is_none());
+    let mut h = HashWriter(Sha256::new());
+    // Serialising plain strings, numbers and lists into a digest cannot fail.
+    let _ = serde_json::to_writer(&mut h, doc);
+    format!("sha256:{}", hex(&h.0.finalize()))
 }
 
 impl SaveFile {
-    /// Serialise to the on-disk JSON text (with checksum).
-    pub fn to_json(&self) -> String {
+    fn document(&self) -> Document {
         let s = &self.snapshot;
-        let doc = Document {
+        let m = self.meta.clone();
+        let mut doc = Document {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
-            meta: self.meta.clone(),
+            host: m.host,
+            created: m.created,
+            job_id: m.job_id,
+            cpu: m.cpu,
+            kernel: m.kernel,
+            backend: m.backend,
+            msr_safe: m.msr_safe,
             allowlist: AllowlistRecord {
                 source: s.allowlist.source().to_string(),
                 digest: s.allowlist.digest(),
@@ -169,16 +232,17 @@ impl SaveFile {
             cpu_list: format_cpu_list(&s.cpus),
             cpus: s.cpus.clone(),
             values: (0..s.cpus.len())
-                .map(|ci| s.cpu_values(ci).iter().map(value_text).collect())
+                .map(|ci| s.cpu_values(ci).iter().map(|v| SavedValue(*v)).collect())
                 .collect(),
+            checksum: None,
         };
-        // A Document always serialises: every field is a string, number or list of them.
-        let mut value = serde_json::to_value(&doc).unwrap_or(serde_json::Value::Null);
-        let sum = checksum_of(&value);
-        if let serde_json::Value::Object(map) = &mut value {
-            map.insert(CHECKSUM_KEY.to_string(), serde_json::Value::String(sum));
-        }
-        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        doc.checksum = Some(checksum_of(&doc));
+        doc
+    }
+
+    /// Serialise to the on-disk JSON text (with checksum).
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.document()).unwrap_or_default();
         text.push('\n');
         text
     }
@@ -194,15 +258,12 @@ impl SaveFile {
                 "the file is empty (a save that never finished?)".to_string(),
             ));
         }
-        let mut value: serde_json::Value =
+        let header: Header =
             serde_json::from_slice(text).map_err(|e| SaveFileError::Malformed {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
-        let map = value
-            .as_object_mut()
-            .ok_or_else(|| invalid("not a JSON object".to_string()))?;
-        match map.get("format").and_then(|f| f.as_str()) {
+        match header.format.as_deref() {
             Some(FORMAT_NAME) => {}
             Some(other) => return Err(invalid(format!("format is {other:?}, not {FORMAT_NAME:?}"))),
             None => {
@@ -211,7 +272,7 @@ impl SaveFile {
                 )))
             }
         }
-        match map.get("version").and_then(|v| v.as_u64()) {
+        match header.version {
             Some(v) if v == FORMAT_VERSION as u64 => {}
             Some(v) => {
                 return Err(invalid(format!(
@@ -220,11 +281,13 @@ impl SaveFile {
             }
             None => return Err(invalid("no format version".to_string())),
         }
-        let recorded = match map.remove(CHECKSUM_KEY) {
-            Some(serde_json::Value::String(s)) => s,
-            _ => return Err(invalid("no checksum".to_string())),
-        };
-        let actual = checksum_of(&value);
+        let mut doc: Document = serde_json::from_slice(text)
+            .map_err(|e| invalid(format!("unexpected content: {e}")))?;
+        let recorded = doc
+            .checksum
+            .take()
+            .ok_or_else(|| invalid("no checksum".to_string()))?;
+        let actual = checksum_of(&doc);
         if recorded != actual {
             return Err(SaveFileError::Checksum {
                 path: path.to_path_buf(),
@@ -232,8 +295,6 @@ impl SaveFile {
                 actual,
             });
         }
-        let doc: Document = serde_json::from_value(value)
-            .map_err(|e| invalid(format!("unexpected content: {e}")))?;
         Self::from_document(doc, path)
     }
 
@@ -268,37 +329,31 @@ impl SaveFile {
                 doc.values.len()
             )));
         }
-        let mut sorted = doc.cpus.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted != doc.cpus {
+        if doc.cpus.windows(2).any(|w| w[0] >= w[1]) {
             return Err(invalid("the CPU list is not sorted and unique".to_string()));
         }
         let n = allowlist.len();
         let mut values = Vec::with_capacity(n * doc.cpus.len());
-        for (cpu, row) in doc.cpus.iter().zip(&doc.values) {
+        for (cpu, row) in doc.cpus.iter().zip(doc.values) {
             if row.len() != n {
                 return Err(invalid(format!(
                     "CPU {cpu} has {} values for {n} allowlisted MSRs",
                     row.len()
                 )));
             }
-            for (text, entry) in row.iter().zip(allowlist.entries()) {
-                let v = if text.starts_with("0x") {
-                    text.parse::<Hex64>().map(|h| Ok(h.0)).ok()
-                } else {
-                    OpError::from_code(text).map(Err)
-                };
-                values.push(v.ok_or_else(|| {
-                    invalid(format!(
-                        "CPU {cpu} MSR {}: {text:?} is neither a hex value nor an error name",
-                        entry.addr
-                    ))
-                })?);
-            }
+            values.extend(row.into_iter().map(|v| v.0));
         }
+        let meta = SaveMeta {
+            host: doc.host,
+            created: doc.created,
+            job_id: doc.job_id,
+            cpu: doc.cpu,
+            kernel: doc.kernel,
+            backend: doc.backend,
+            msr_safe: doc.msr_safe,
+        };
         Ok(SaveFile {
-            meta: doc.meta,
+            meta,
             snapshot: Snapshot {
                 allowlist: Arc::new(allowlist),
                 cpus: doc.cpus,
@@ -332,12 +387,25 @@ impl SaveFile {
     /// Write atomically and durably: a temporary file next to `path` (mode 0600, created
     /// exclusively, never following a link), fsync, rename over `path`, fsync the directory.
     pub fn store(&self, path: &Path) -> Result<(), SaveFileError> {
-        write_atomically(path, self.to_json().as_bytes(), SAVE_FILE_MODE)
+        let doc = self.document();
+        write_atomically_with(path, SAVE_FILE_MODE, |w| {
+            serde_json::to_writer_pretty(&mut *w, &doc).map_err(std::io::Error::from)?;
+            w.write_all(b"\n")
+        })
     }
 }
 
 /// Write `bytes` to `path` so that a reader sees the old file or the whole new one, never part.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SaveFileError> {
+    write_atomically_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomically`], with the content streamed by `fill` (no copy in memory).
+pub fn write_atomically_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), SaveFileError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SaveFileError::Io { path: p, source }
@@ -358,7 +426,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Save
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
@@ -366,7 +434,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Save
         .open(&tmp)
         .map_err(io(&tmp))?;
     let result = (|| {
-        file.write_all(bytes).map_err(io(&tmp))?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w).map_err(io(&tmp))?;
+        let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
         file.sync_all().map_err(io(&tmp))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(io(path))?;

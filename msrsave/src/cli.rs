@@ -197,9 +197,12 @@ pub fn rewrite_llnl_forms(args: Vec<OsString>) -> Vec<OsString> {
             i += 2;
             continue;
         }
+        if SUBCOMMANDS.contains(&a.as_ref()) {
+            return out;
+        }
         if a == "-r" {
             out[i] = OsString::from("restore");
-        } else if !a.starts_with('-') && !SUBCOMMANDS.contains(&a.as_ref()) {
+        } else if !a.starts_with('-') {
             out.insert(i, OsString::from("save"));
         } else if a.starts_with('-') && !matches!(a.as_ref(), "--json") && !a.contains('=') {
             // --help, --version and unknown options are clap's to answer.
