@@ -1,1 +1,740 @@
 //! Test doubles at the device boundary that follow the documented kernel behaviour.
+//!
+//! - [`KernelBatch`] implements [`BatchIoctl`]: msr-safe's `X86_IOC_MSR_BATCH` with its
+//!   all-or-nothing pre-check, its run phase and its copy-back and return-value rules.
+//! - [`KernelCpuNodes`] implements [`CpuNodes`]: `/dev/cpu/N/msr_safe` ([`Flavour::MsrSafe`]) or
+//!   the stock `/dev/cpu/N/msr` ([`Flavour::StockMsr`]), with hotplug and injectable permission
+//!   errors.
+//!
+//! Both are cheap handles over shared state: clone one into the device under test and keep the
+//! other to change the "machine" between calls and to assert on what reached the "kernel"
+//! ([`KernelBatch::received`], [`KernelBatch::writes`], [`KernelCpuNodes::writes`]).
+//!
+//! They are compiled into the library (not `cfg(test)`) so that other crates' tests can use them;
+//! nothing in the library uses them.
+//!
+//! A register never set reads 0. An MSR marked unsupported faults on rdmsr (and so on every
+//! write too, since msr-safe reads before it writes): `EIO`, nothing stored.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use nix::errno::Errno;
+
+use super::batch::{msr_batch_op, BatchIoctl};
+use super::percpu::{CpuNodes, RegisterAccess};
+use crate::allowlist::Allowlist;
+use crate::types::{CpuId, MsrAddr, WriteMask};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn neg(e: Errno) -> i32 {
+    -(e as i32)
+}
+
+/// One write that reached a double's "kernel".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub cpu: CpuId,
+    pub addr: MsrAddr,
+    /// The value handed to the kernel (`msrdata` of a batch op, the 8 bytes of a pwrite).
+    pub value: u64,
+    /// What the register held before, if it could be read.
+    pub before: Option<u64>,
+    /// What the register holds after (`Ok`), or the errno the write got.
+    pub result: Result<u64, Errno>,
+}
+
+/// Register state shared by both doubles.
+#[derive(Clone, Debug, Default)]
+struct Registers {
+    values: HashMap<(CpuId, MsrAddr), u64>,
+    /// `(None, addr)`: unsupported on every CPU; `(Some(cpu), addr)`: on that CPU only.
+    unsupported: HashSet<(Option<CpuId>, MsrAddr)>,
+}
+
+impl Registers {
+    fn supported(&self, cpu: CpuId, addr: MsrAddr) -> bool {
+        !self.unsupported.contains(&(None, addr)) && !self.unsupported.contains(&(Some(cpu), addr))
+    }
+
+    /// rdmsr_safe: EIO on a fault.
+    fn rdmsr(&self, cpu: CpuId, addr: MsrAddr) -> Result<u64, Errno> {
+        if self.supported(cpu, addr) {
+            Ok(self.values.get(&(cpu, addr)).copied().unwrap_or(0))
+        } else {
+            Err(Errno::EIO)
+        }
+    }
+
+    fn get(&self, cpu: CpuId, addr: MsrAddr) -> u64 {
+        self.values.get(&(cpu, addr)).copied().unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The batch ioctl
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct BatchState {
+    /// CPUs numbered at or above this are out of range (`nr_cpu_ids`).
+    possible: u32,
+    online: BTreeSet<CpuId>,
+    /// The loaded allowlist: address -> write mask.
+    allowlist: HashMap<MsrAddr, WriteMask>,
+    regs: Registers,
+    max_ops: Option<usize>,
+    fail_next: VecDeque<Errno>,
+    calls: usize,
+    received: Vec<Vec<msr_batch_op>>,
+    writes: Vec<WriteRecord>,
+}
+
+/// msr-safe's batch ioctl as documented (module 1.8.0):
+///
+/// - `numops == 0`: `EINVAL`. More ops than the configured ceiling ([`KernelBatch::max_ops`],
+///   standing in for kmalloc failing): `E2BIG`. Neither copies anything back.
+/// - Pre-check over every op: offline or out-of-range CPU `ENXIO`, MSR not in the loaded
+///   allowlist `EACCES`, write to an MSR whose mask is 0 `EROFS`. If any op fails, no op runs,
+///   the ops are copied back with `err` set on the failing ones (the others keep what was sent)
+///   and the ioctl returns the last failing op's errno.
+/// - Run phase, in array order (the order within each CPU is the kernel's; across CPUs it does
+///   not matter): every op gets `wmask` and `err`; rdmsr first (fault: `-EIO`, no write); a read
+///   stores the value in `msrdata`; a write stores `(msrdata & wmask) | (old & ~wmask)` and
+///   leaves `msrdata` as given. The ioctl returns the first op's non-zero `err`.
+///
+/// Every call is counted, and every op array is recorded as received.
+#[derive(Clone, Debug)]
+pub struct KernelBatch {
+    state: Arc<Mutex<BatchState>>,
+    path: PathBuf,
+}
+
+impl KernelBatch {
+    /// A machine with these CPUs online (and `nr_cpu_ids` one above the highest), an empty
+    /// loaded allowlist and every register 0.
+    pub fn new(online: impl IntoIterator<Item = u32>) -> KernelBatch {
+        let online: BTreeSet<CpuId> = online.into_iter().map(CpuId).collect();
+        let possible = online.iter().next_back().map_or(0, |c| c.0 + 1);
+        KernelBatch {
+            state: Arc::new(Mutex::new(BatchState {
+                possible,
+                online,
+                allowlist: HashMap::new(),
+                regs: Registers::default(),
+                max_ops: None,
+                fail_next: VecDeque::new(),
+                calls: 0,
+                received: Vec::new(),
+                writes: Vec::new(),
+            })),
+            path: PathBuf::from("/dev/cpu/msr_batch (test double)"),
+        }
+    }
+
+    /// CPUs `0..n` exist (online or not); at or above `n` is out of range.
+    pub fn possible_cpus(self, n: u32) -> Self {
+        lock(&self.state).possible = n;
+        self
+    }
+
+    /// Add one entry to the loaded allowlist.
+    pub fn allow(self, addr: MsrAddr, mask: WriteMask) -> Self {
+        lock(&self.state).allowlist.insert(addr, mask);
+        self
+    }
+
+    /// Replace the loaded allowlist with `list`.
+    pub fn load_allowlist(&self, list: &Allowlist) {
+        lock(&self.state).allowlist = list.entries().iter().map(|e| (e.addr, e.mask)).collect();
+    }
+
+    /// Drop one MSR from the loaded allowlist.
+    pub fn disallow(&self, addr: MsrAddr) {
+        lock(&self.state).allowlist.remove(&addr);
+    }
+
+    /// rdmsr of `addr` faults on every CPU.
+    pub fn unsupported(self, addr: MsrAddr) -> Self {
+        lock(&self.state).regs.unsupported.insert((None, addr));
+        self
+    }
+
+    /// rdmsr of `addr` faults on `cpu`.
+    pub fn unsupported_on(self, cpu: CpuId, addr: MsrAddr) -> Self {
+        lock(&self.state).regs.unsupported.insert((Some(cpu), addr));
+        self
+    }
+
+    /// Calls with more than `n` ops fail with `E2BIG`.
+    pub fn max_ops(self, n: usize) -> Self {
+        lock(&self.state).max_ops = Some(n);
+        self
+    }
+
+    pub fn set_register(&self, cpu: CpuId, addr: MsrAddr, value: u64) {
+        lock(&self.state).regs.values.insert((cpu, addr), value);
+    }
+
+    /// The register's value (0 if never set).
+    pub fn register(&self, cpu: CpuId, addr: MsrAddr) -> u64 {
+        lock(&self.state).regs.get(cpu, addr)
+    }
+
+    /// Hotplug: take a CPU off- or online.
+    pub fn set_online(&self, cpu: CpuId, online: bool) {
+        let mut s = lock(&self.state);
+        if online {
+            s.online.insert(cpu);
+        } else {
+            s.online.remove(&cpu);
+        }
+    }
+
+    /// The next call fails with `errno` before looking at the ops (nothing copied back), as
+    /// `EFAULT` or `ENOMEM` would.
+    pub fn fail_next_call(&self, errno: Errno) {
+        lock(&self.state).fail_next.push_back(errno);
+    }
+
+    /// How many ioctls were made.
+    pub fn calls(&self) -> usize {
+        lock(&self.state).calls
+    }
+
+    /// Every op array as the kernel received it, one entry per call.
+    pub fn received(&self) -> Vec<Vec<msr_batch_op>> {
+        lock(&self.state).received.clone()
+    }
+
+    /// Every write the run phase attempted, in order.
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        lock(&self.state).writes.clone()
+    }
+}
+
+impl BatchState {
+    fn precheck(&self, op: &msr_batch_op) -> Result<(), Errno> {
+        let cpu = CpuId(u32::from(op.cpu));
+        if cpu.0 >= self.possible || !self.online.contains(&cpu) {
+            return Err(Errno::ENXIO);
+        }
+        match self.allowlist.get(&MsrAddr(op.msr)) {
+            None => Err(Errno::EACCES),
+            Some(m) if op.isrdmsr == 0 && !m.is_writable() => Err(Errno::EROFS),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn apply(&mut self, op: &mut msr_batch_op) {
+        let cpu = CpuId(u32::from(op.cpu));
+        let addr = MsrAddr(op.msr);
+        let wmask = self.allowlist.get(&addr).copied().unwrap_or_default();
+        op.wmask = wmask.0;
+        let old = match self.regs.rdmsr(cpu, addr) {
+            Ok(v) => v,
+            Err(e) => {
+                op.err = neg(e);
+                if op.isrdmsr == 0 {
+                    self.writes.push(WriteRecord {
+                        cpu,
+                        addr,
+                        value: op.msrdata,
+                        before: None,
+                        result: Err(e),
+                    });
+                }
+                return;
+            }
+        };
+        op.err = 0;
+        if op.isrdmsr != 0 {
+            op.msrdata = old;
+        } else {
+            let new = (op.msrdata & wmask.0) | (old & !wmask.0);
+            self.regs.values.insert((cpu, addr), new);
+            self.writes.push(WriteRecord {
+                cpu,
+                addr,
+                value: op.msrdata,
+                before: Some(old),
+                result: Ok(new),
+            });
+        }
+    }
+}
+
+impl BatchIoctl for KernelBatch {
+    fn msr_batch(&self, ops: &mut [msr_batch_op]) -> Result<(), Errno> {
+        let mut s = lock(&self.state);
+        s.calls += 1;
+        s.received.push(ops.to_vec());
+        if let Some(e) = s.fail_next.pop_front() {
+            return Err(e);
+        }
+        if ops.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        if s.max_ops.is_some_and(|max| ops.len() > max) {
+            return Err(Errno::E2BIG);
+        }
+        let mut refused = None;
+        for op in ops.iter_mut() {
+            if let Err(e) = s.precheck(op) {
+                op.err = neg(e);
+                refused = Some(e);
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        for op in ops.iter_mut() {
+            s.apply(op);
+        }
+        match ops.iter().find(|o| o.err != 0) {
+            Some(o) => Err(super::batch::op_errno(o.err)),
+            None => Ok(()),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-CPU nodes
+// ---------------------------------------------------------------------------------------------
+
+/// Which driver the per-CPU nodes belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// `/dev/cpu/N/msr_safe`: the loaded allowlist applies (read not listed `EACCES`, write with
+    /// mask 0 `EACCES`) and a write is read + `(value & mask) | (old & ~mask)` + write.
+    MsrSafe,
+    /// `/dev/cpu/N/msr`: no allowlist; a write stores the whole value.
+    StockMsr,
+}
+
+#[derive(Debug)]
+struct NodesState {
+    flavour: Flavour,
+    online: BTreeSet<CpuId>,
+    allowlist: HashMap<MsrAddr, WriteMask>,
+    regs: Registers,
+    offline_open_errno: Errno,
+    open_error: Option<Errno>,
+    writable_open_error: Option<Errno>,
+    write_error: Option<Errno>,
+    /// CPU -> ops left before it goes offline.
+    offline_after: HashMap<CpuId, usize>,
+    kernel_devices: bool,
+    opens: Vec<(CpuId, bool)>,
+    reads: Vec<(CpuId, MsrAddr)>,
+    writes: Vec<WriteRecord>,
+}
+
+impl NodesState {
+    /// Count one op on `cpu` towards a scheduled hotplug; then tell whether the CPU is online.
+    fn tick_online(&mut self, cpu: CpuId) -> bool {
+        if let Some(left) = self.offline_after.get_mut(&cpu) {
+            if *left == 0 {
+                self.offline_after.remove(&cpu);
+                self.online.remove(&cpu);
+            } else {
+                *left -= 1;
+            }
+        }
+        self.online.contains(&cpu)
+    }
+
+    fn read(&mut self, cpu: CpuId, addr: MsrAddr) -> Result<u64, Errno> {
+        self.reads.push((cpu, addr));
+        if !self.tick_online(cpu) {
+            return Err(Errno::ENXIO);
+        }
+        if self.flavour == Flavour::MsrSafe && !self.allowlist.contains_key(&addr) {
+            return Err(Errno::EACCES);
+        }
+        self.regs.rdmsr(cpu, addr)
+    }
+
+    fn write(&mut self, cpu: CpuId, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        let before = self.regs.rdmsr(cpu, addr).ok();
+        let result = self.try_write(cpu, addr, value);
+        self.writes.push(WriteRecord {
+            cpu,
+            addr,
+            value,
+            before,
+            result,
+        });
+        result.map(drop)
+    }
+
+    fn try_write(&mut self, cpu: CpuId, addr: MsrAddr, value: u64) -> Result<u64, Errno> {
+        if !self.tick_online(cpu) {
+            return Err(Errno::ENXIO);
+        }
+        if let Some(e) = self.write_error {
+            return Err(e);
+        }
+        let mask = match self.flavour {
+            Flavour::StockMsr => WriteMask::ALL,
+            Flavour::MsrSafe => match self.allowlist.get(&addr) {
+                Some(m) if m.is_writable() => *m,
+                _ => return Err(Errno::EACCES),
+            },
+        };
+        let old = self.regs.rdmsr(cpu, addr)?;
+        let new = mask.merge(old, value);
+        self.regs.values.insert((cpu, addr), new);
+        Ok(new)
+    }
+}
+
+/// Per-CPU MSR nodes as the kernel serves them:
+///
+/// - open of an offline CPU: `ENXIO` by default ([`KernelCpuNodes::offline_open_errno`] makes it
+///   `ENOENT`, as a fresh open after the node vanished with hotplug gets); an injected open
+///   error ([`KernelCpuNodes::deny_open`], [`KernelCpuNodes::deny_writable_open`]: `EACCES` for a
+///   0600 node, `EPERM` without `CAP_SYS_RAWIO`) comes first.
+/// - read or write on a node whose CPU has gone offline since the open: `ENXIO`; a write
+///   through a node opened read-only: `EBADF`.
+/// - unsupported MSR: `EIO` (reads and writes).
+/// - msr_safe: read of an MSR not in the loaded allowlist `EACCES`, write to one not listed or
+///   with mask 0 `EACCES`, partial mask merged with the current value. Stock: no allowlist;
+///   [`KernelCpuNodes::deny_writes`] gives every write `EPERM` (lockdown, `allow_writes=off`).
+///
+/// Every open, read and write is recorded.
+#[derive(Clone, Debug)]
+pub struct KernelCpuNodes {
+    state: Arc<Mutex<NodesState>>,
+}
+
+impl KernelCpuNodes {
+    pub fn new(flavour: Flavour, online: impl IntoIterator<Item = u32>) -> KernelCpuNodes {
+        KernelCpuNodes {
+            state: Arc::new(Mutex::new(NodesState {
+                flavour,
+                online: online.into_iter().map(CpuId).collect(),
+                allowlist: HashMap::new(),
+                regs: Registers::default(),
+                offline_open_errno: Errno::ENXIO,
+                open_error: None,
+                writable_open_error: None,
+                write_error: None,
+                offline_after: HashMap::new(),
+                kernel_devices: false,
+                opens: Vec::new(),
+                reads: Vec::new(),
+                writes: Vec::new(),
+            })),
+        }
+    }
+
+    /// Add one entry to msr_safe's loaded allowlist (ignored by the stock flavour).
+    pub fn allow(self, addr: MsrAddr, mask: WriteMask) -> Self {
+        lock(&self.state).allowlist.insert(addr, mask);
+        self
+    }
+
+    /// Replace msr_safe's loaded allowlist with `list`.
+    pub fn load_allowlist(&self, list: &Allowlist) {
+        lock(&self.state).allowlist = list.entries().iter().map(|e| (e.addr, e.mask)).collect();
+    }
+
+    pub fn unsupported(self, addr: MsrAddr) -> Self {
+        lock(&self.state).regs.unsupported.insert((None, addr));
+        self
+    }
+
+    pub fn unsupported_on(self, cpu: CpuId, addr: MsrAddr) -> Self {
+        lock(&self.state).regs.unsupported.insert((Some(cpu), addr));
+        self
+    }
+
+    /// The errno of an open of an offline CPU (`ENXIO`, or `ENOENT` once the node is gone).
+    pub fn offline_open_errno(self, errno: Errno) -> Self {
+        lock(&self.state).offline_open_errno = errno;
+        self
+    }
+
+    /// Every open fails with `errno`.
+    pub fn deny_open(&self, errno: Option<Errno>) {
+        lock(&self.state).open_error = errno;
+    }
+
+    /// Every open for writing fails with `errno`.
+    pub fn deny_writable_open(&self, errno: Option<Errno>) {
+        lock(&self.state).writable_open_error = errno;
+    }
+
+    /// Every write (on an online CPU) fails with `errno`.
+    pub fn deny_writes(&self, errno: Option<Errno>) {
+        lock(&self.state).write_error = errno;
+    }
+
+    /// Report the nodes as kernel devices (the device then runs pinned to each CPU).
+    pub fn kernel_devices(self, yes: bool) -> Self {
+        lock(&self.state).kernel_devices = yes;
+        self
+    }
+
+    pub fn set_register(&self, cpu: CpuId, addr: MsrAddr, value: u64) {
+        lock(&self.state).regs.values.insert((cpu, addr), value);
+    }
+
+    pub fn register(&self, cpu: CpuId, addr: MsrAddr) -> u64 {
+        lock(&self.state).regs.get(cpu, addr)
+    }
+
+    /// Hotplug between calls.
+    pub fn set_online(&self, cpu: CpuId, online: bool) {
+        let mut s = lock(&self.state);
+        if online {
+            s.online.insert(cpu);
+        } else {
+            s.online.remove(&cpu);
+        }
+    }
+
+    /// Hotplug during a call: `cpu` goes offline after `ops` more reads or writes on it.
+    pub fn offline_after(&self, cpu: CpuId, ops: usize) {
+        lock(&self.state).offline_after.insert(cpu, ops);
+    }
+
+    /// Every open, as `(cpu, writable)`, including refused ones.
+    pub fn opens(&self) -> Vec<(CpuId, bool)> {
+        lock(&self.state).opens.clone()
+    }
+
+    /// Every read that reached a node.
+    pub fn reads(&self) -> Vec<(CpuId, MsrAddr)> {
+        lock(&self.state).reads.clone()
+    }
+
+    /// Every write that reached a node, in order.
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        lock(&self.state).writes.clone()
+    }
+}
+
+/// An open node of [`KernelCpuNodes`].
+struct DoubleNode {
+    state: Arc<Mutex<NodesState>>,
+    cpu: CpuId,
+    writable: bool,
+}
+
+impl RegisterAccess for DoubleNode {
+    fn read(&mut self, addr: MsrAddr) -> Result<u64, Errno> {
+        lock(&self.state).read(self.cpu, addr)
+    }
+
+    fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        if !self.writable {
+            return Err(Errno::EBADF);
+        }
+        lock(&self.state).write(self.cpu, addr, value)
+    }
+}
+
+impl CpuNodes for KernelCpuNodes {
+    fn open(&self, cpu: CpuId, writable: bool) -> Result<Box<dyn RegisterAccess>, Errno> {
+        let mut s = lock(&self.state);
+        s.opens.push((cpu, writable));
+        if let Some(e) = s.open_error {
+            return Err(e);
+        }
+        if let Some(e) = s.writable_open_error.filter(|_| writable) {
+            return Err(e);
+        }
+        if !s.online.contains(&cpu) {
+            return Err(s.offline_open_errno);
+        }
+        Ok(Box::new(DoubleNode {
+            state: Arc::clone(&self.state),
+            cpu,
+            writable,
+        }))
+    }
+
+    fn kernel_devices(&self) -> bool {
+        lock(&self.state).kernel_devices
+    }
+
+    fn describe(&self) -> String {
+        let leaf = match lock(&self.state).flavour {
+            Flavour::MsrSafe => "msr_safe",
+            Flavour::StockMsr => "msr",
+        };
+        format!("/dev/cpu/N/{leaf} (test double)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The doubles themselves against the documented kernel behaviour.
+    use super::*;
+
+    fn read(cpu: u16, msr: u32) -> msr_batch_op {
+        msr_batch_op {
+            cpu,
+            isrdmsr: 1,
+            msr,
+            ..msr_batch_op::default()
+        }
+    }
+
+    fn write(cpu: u16, msr: u32, msrdata: u64) -> msr_batch_op {
+        msr_batch_op {
+            cpu,
+            msr,
+            msrdata,
+            ..msr_batch_op::default()
+        }
+    }
+
+    fn batch() -> KernelBatch {
+        let k = KernelBatch::new(0..4)
+            .allow(MsrAddr(0x10), WriteMask(0))
+            .allow(MsrAddr(0x199), WriteMask(0xffff))
+            .unsupported(MsrAddr(0x10));
+        k.set_register(CpuId(1), MsrAddr(0x199), 0xaaaa_bbbb);
+        k
+    }
+
+    #[test]
+    fn empty_and_oversized_arrays_are_refused_without_copy_back() {
+        let k = batch().max_ops(2);
+        assert_eq!(k.msr_batch(&mut []), Err(Errno::EINVAL));
+        let mut ops = [read(0, 0x199), read(0, 0x199), read(0, 0x199)];
+        let before = ops;
+        assert_eq!(k.msr_batch(&mut ops), Err(Errno::E2BIG));
+        assert_eq!(ops, before);
+        assert_eq!(k.calls(), 2);
+    }
+
+    #[test]
+    fn precheck_is_all_or_nothing_and_returns_the_last_refusal() {
+        let k = batch();
+        k.set_online(CpuId(2), false);
+        let mut ops = [
+            write(1, 0x199, 0x1234),
+            read(2, 0x199),
+            read(0, 0x11),
+            write(0, 0x10, 1),
+            read(9, 0x199),
+        ];
+        assert_eq!(k.msr_batch(&mut ops), Err(Errno::ENXIO));
+        let errs: Vec<i32> = ops.iter().map(|o| o.err).collect();
+        assert_eq!(errs, vec![0, -6, -13, -30, -6]);
+        // Nothing ran.
+        assert_eq!(k.register(CpuId(1), MsrAddr(0x199)), 0xaaaa_bbbb);
+        assert!(k.writes().is_empty());
+        assert_eq!(ops[0].wmask, 0);
+        ops[4] = read(0, 0x11);
+        assert_eq!(k.msr_batch(&mut ops), Err(Errno::EACCES));
+    }
+
+    #[test]
+    fn run_phase_reads_then_merges_and_returns_the_first_error() {
+        let k = batch();
+        let mut ops = [
+            read(1, 0x199),
+            write(1, 0x199, 0x1234_5678),
+            read(1, 0x199),
+            read(3, 0x10),
+            write(0, 0x199, 7),
+        ];
+        assert_eq!(k.msr_batch(&mut ops), Err(Errno::EIO));
+        assert_eq!((ops[0].err, ops[0].msrdata), (0, 0xaaaa_bbbb));
+        // The write leaves msrdata as given; the register gets the kernel's merge.
+        assert_eq!((ops[1].err, ops[1].msrdata), (0, 0x1234_5678));
+        assert_eq!(ops[2].msrdata, 0xaaaa_5678);
+        assert_eq!(ops[3].err, -5);
+        assert_eq!(k.register(CpuId(0), MsrAddr(0x199)), 7);
+        // wmask is copied out on every op, failed ones included.
+        let masks: Vec<u64> = ops.iter().map(|o| o.wmask).collect();
+        assert_eq!(masks, vec![0xffff, 0xffff, 0xffff, 0, 0xffff]);
+        assert_eq!(k.writes().len(), 2);
+        let mut ok = [read(0, 0x199)];
+        assert_eq!(k.msr_batch(&mut ok), Ok(()));
+    }
+
+    #[test]
+    fn an_unsupported_msr_faults_a_write_too() {
+        let k = KernelBatch::new([0])
+            .allow(MsrAddr(0x20), WriteMask::ALL)
+            .unsupported_on(CpuId(0), MsrAddr(0x20));
+        let mut ops = [write(0, 0x20, 1)];
+        assert_eq!(k.msr_batch(&mut ops), Err(Errno::EIO));
+        assert_eq!(k.writes()[0].result, Err(Errno::EIO));
+        assert_eq!(k.register(CpuId(0), MsrAddr(0x20)), 0);
+    }
+
+    fn open(n: &KernelCpuNodes, cpu: u32, w: bool) -> Result<Box<dyn RegisterAccess>, Errno> {
+        n.open(CpuId(cpu), w)
+    }
+
+    #[test]
+    fn msr_safe_nodes_enforce_the_loaded_list() {
+        let n = KernelCpuNodes::new(Flavour::MsrSafe, 0..2)
+            .allow(MsrAddr(0x10), WriteMask(0))
+            .allow(MsrAddr(0x199), WriteMask(0xff))
+            .unsupported(MsrAddr(0x1a0))
+            .allow(MsrAddr(0x1a0), WriteMask::ALL);
+        n.set_register(CpuId(0), MsrAddr(0x199), 0x1234);
+        let mut f = open(&n, 0, true).unwrap();
+        assert_eq!(f.read(MsrAddr(0x11)), Err(Errno::EACCES));
+        assert_eq!(f.read(MsrAddr(0x1a0)), Err(Errno::EIO));
+        assert_eq!(f.write(MsrAddr(0x1a0), 1), Err(Errno::EIO));
+        assert_eq!(f.write(MsrAddr(0x10), 1), Err(Errno::EACCES));
+        assert_eq!(f.write(MsrAddr(0x11), 1), Err(Errno::EACCES));
+        assert_eq!(f.write(MsrAddr(0x199), 0xabcd), Ok(()));
+        assert_eq!(f.read(MsrAddr(0x199)), Ok(0x12cd));
+        let mut ro = open(&n, 1, false).unwrap();
+        assert_eq!(ro.write(MsrAddr(0x199), 1), Err(Errno::EBADF));
+        let w = n.writes();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert_eq!(w[3].before, Some(0x1234));
+        assert_eq!(w[3].result, Ok(0x12cd));
+    }
+
+    #[test]
+    fn stock_nodes_have_no_list_and_can_refuse_writes() {
+        let n = KernelCpuNodes::new(Flavour::StockMsr, [0]);
+        let mut f = open(&n, 0, true).unwrap();
+        assert_eq!(f.write(MsrAddr(0x777), u64::MAX), Ok(()));
+        assert_eq!(f.read(MsrAddr(0x777)), Ok(u64::MAX));
+        n.deny_writes(Some(Errno::EPERM));
+        assert_eq!(f.write(MsrAddr(0x777), 0), Err(Errno::EPERM));
+        assert_eq!(f.read(MsrAddr(0x777)), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn hotplug_and_open_errors() {
+        let n = KernelCpuNodes::new(Flavour::StockMsr, 0..3).offline_open_errno(Errno::ENOENT);
+        let mut f = open(&n, 1, false).unwrap();
+        n.set_online(CpuId(1), false);
+        assert_eq!(f.read(MsrAddr(0)), Err(Errno::ENXIO));
+        assert_eq!(open(&n, 1, false).err(), Some(Errno::ENOENT));
+        n.set_online(CpuId(1), true);
+        assert_eq!(f.read(MsrAddr(0)), Ok(0));
+        n.offline_after(CpuId(2), 1);
+        let mut g = open(&n, 2, false).unwrap();
+        assert_eq!(g.read(MsrAddr(0)), Ok(0));
+        assert_eq!(g.read(MsrAddr(0)), Err(Errno::ENXIO));
+        n.deny_writable_open(Some(Errno::EPERM));
+        assert_eq!(open(&n, 0, true).err(), Some(Errno::EPERM));
+        assert!(open(&n, 0, false).is_ok());
+        n.deny_open(Some(Errno::EACCES));
+        assert_eq!(open(&n, 0, false).err(), Some(Errno::EACCES));
+        assert_eq!(n.opens().len(), 6);
+    }
+}
