@@ -20,7 +20,6 @@ use msr_backend::node::CpuIdentity;
 use msr_backend::restore;
 use msr_backend::savefile::{SaveFile, SaveMeta};
 use msr_backend::snapshot::Snapshot;
-use msr_backend::CpuId;
 use rayon::prelude::*;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,0 +1,361 @@
+//! The msrsave binary end to end on emulated nodes: exit codes, JSON reports, what reaches the
+//! register files and what never does.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const LIST: &str = "\
+0x00000010 0x0000000000000000 # IA32_TIME_STAMP_COUNTER
+0x00000199 0x000000000000FFFF # IA32_PERF_CTL
+0x000001B0 0x000000000000000F # IA32_ENERGY_PERF_BIAS
+0x00000610 0x00FFFFFF00FFFFFF # MSR_PKG_POWER_LIMIT
+0x00000620 0x0000000000007F7F # MSR_UNCORE_RATIO_LIMIT
+0xC0000103 0x00000000FFFFFFFF # TSC_AUX
+";
+/// Registers that are in the register files but not in the allowlist.
+const OUTSIDE: [u32; 3] = [0x1A4, 0x774, 0xC0010200];
+
+struct Node {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    base: PathBuf,
+}
+
+fn msrsave(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msrsave"))
+        .args(args)
+        .env_remove("MSR_RESTORE_CONFIG")
+        .output()
+        .expect("run msrsave")
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn node(cpus: u32) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let list = base.join("list");
+    std::fs::write(&list, LIST).unwrap();
+    let root = base.join("node");
+    let o = msrsave(&[
+        "emulate",
+        root.to_str().unwrap(),
+        "--cpus",
+        &cpus.to_string(),
+        "--allowlist",
+        list.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = Node {
+        _dir: dir,
+        root,
+        base,
+    };
+    for cpu in 0..cpus {
+        for (i, a) in OUTSIDE.iter().enumerate() {
+            n.poke(cpu, *a, 0x1111 * (i as u64 + 1));
+        }
+    }
+    n
+}
+
+impl Node {
+    fn file(&self, cpu: u32) -> PathBuf {
+        self.root.join(format!("dev/cpu/{cpu}/msr_safe"))
+    }
+    fn peek(&self, cpu: u32, addr: u32) -> u64 {
+        let mut b = [0u8; 8];
+        File::open(self.file(cpu))
+            .unwrap()
+            .read_exact_at(&mut b, addr as u64 * 8)
+            .unwrap();
+        u64::from_le_bytes(b)
+    }
+    fn poke(&self, cpu: u32, addr: u32, v: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.file(cpu))
+            .unwrap()
+            .write_all_at(&v.to_le_bytes(), addr as u64 * 8)
+            .unwrap();
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let mut a = vec!["--root", self.root.to_str().unwrap()];
+        a.extend_from_slice(args);
+        msrsave(&a)
+    }
+    fn path(&self, name: &str) -> String {
+        self.base.join(name).to_str().unwrap().to_string()
+    }
+}
+
+fn addrs(list: &str) -> Vec<(u32, u64)> {
+    list.lines()
+        .map(|l| {
+            let mut t = l.split_whitespace();
+            let a = u32::from_str_radix(t.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            let m = u64::from_str_radix(t.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            (a, m)
+        })
+        .collect()
+}
+
+#[test]
+fn demo_runs_the_whole_cycle() {
+    let o = msrsave(&["demo"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the node is back as it was"));
+}
+
+#[test]
+fn save_check_restore_check() {
+    let n = node(4);
+    let snap = n.path("snap.json");
+    let o = n.run(&["--json", "save", &snap]);
+    assert!(o.status.success());
+    let j = json_of(&o);
+    assert_eq!(
+        (
+            j["cpus"].as_u64(),
+            j["msrs"].as_u64(),
+            j["backend"].as_str()
+        ),
+        (Some(4), Some(6), Some("safe"))
+    );
+
+    let perf_ctl_before = n.peek(2, 0x199);
+    n.poke(2, 0x199, 0x2700);
+    n.poke(1, 0x610, 0);
+    let o = n.run(&["--json", "check", &snap]);
+    assert_eq!(o.status.code(), Some(1));
+    let j = json_of(&o);
+    let drifted: Vec<(u64, String)> = j["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["cpu"].as_u64().unwrap(),
+                d["msr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        drifted,
+        vec![(1, "0x00000610".to_string()), (2, "0x00000199".to_string())]
+    );
+
+    let o = n.run(&["--json", "restore", &snap]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let j = json_of(&o);
+    assert_eq!(
+        (j["written"].as_u64(), j["verified"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(n.peek(2, 0x199) & 0xffff, perf_ctl_before & 0xffff);
+    // Bits outside the mask stay as the job left them.
+    assert_eq!(n.peek(2, 0x199) & !0xffff, 0x2700 & !0xffff);
+    assert_eq!(n.run(&["check", &snap]).status.code(), Some(0));
+    // Twice is harmless: nothing left to write.
+    let j = json_of(&n.run(&["--json", "restore", &snap]));
+    assert_eq!(j["written"].as_u64(), Some(0));
+}
+
+#[test]
+fn restore_never_touches_bits_outside_the_mask_or_msrs_outside_the_allowlist() {
+    let n = node(3);
+    // Restore under a narrower list than the one saved: only bits writable under both count.
+    let narrow = n.path("narrow");
+    std::fs::write(
+        &narrow,
+        "0x00000199 0x00000000000000F0\n0x000001B0 0x000000000000000F\n",
+    )
+    .unwrap();
+    let snap = n.path("snap.json");
+    assert!(n.run(&["save", &snap]).status.success());
+    let saved: Vec<Vec<u64>> = (0..3)
+        .map(|c| addrs(LIST).iter().map(|&(a, _)| n.peek(c, a)).collect())
+        .collect();
+    // The job flips every bit of every register, allowlisted or not.
+    for c in 0..3 {
+        for &(a, _) in &addrs(LIST) {
+            n.poke(c, a, !n.peek(c, a));
+        }
+        for a in OUTSIDE {
+            n.poke(c, a, !n.peek(c, a));
+        }
+    }
+    let job: Vec<Vec<u64>> = (0..3)
+        .map(|c| addrs(LIST).iter().map(|&(a, _)| n.peek(c, a)).collect())
+        .collect();
+    let outside_job: Vec<Vec<u64>> = (0..3)
+        .map(|c| OUTSIDE.iter().map(|&a| n.peek(c, a)).collect())
+        .collect();
+    let o = n.run(&["--allowlist", &narrow, "--json", "restore", &snap]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(!json_of(&o)["mask_changes"].as_array().unwrap().is_empty());
+    let narrow_masks: Vec<u64> = addrs(LIST)
+        .iter()
+        .map(|&(a, m)| match a {
+            0x199 => m & 0xF0,
+            0x1B0 => m & 0xF,
+            _ => 0,
+        })
+        .collect();
+    for c in 0..3u32 {
+        for (i, &(a, _)) in addrs(LIST).iter().enumerate() {
+            let now = n.peek(c, a);
+            let m = narrow_masks[i];
+            assert_eq!(
+                now & m,
+                saved[c as usize][i] & m,
+                "CPU {c} MSR {a:#x}: masked bits not restored"
+            );
+            assert_eq!(
+                now & !m,
+                job[c as usize][i] & !m,
+                "CPU {c} MSR {a:#x}: bits outside the mask changed"
+            );
+        }
+        for (i, &a) in OUTSIDE.iter().enumerate() {
+            assert_eq!(
+                n.peek(c, a),
+                outside_job[c as usize][i],
+                "CPU {c} MSR {a:#x} outside the allowlist changed"
+            );
+        }
+    }
+}
+
+fn files_of(n: &Node, cpus: u32) -> Vec<Vec<u64>> {
+    (0..cpus)
+        .map(|c| addrs(LIST).iter().map(|&(a, _)| n.peek(c, a)).collect())
+        .collect()
+}
+
+#[test]
+fn bad_save_files_are_refused_and_nothing_is_written() {
+    let n = node(2);
+    let snap = n.path("snap.json");
+    assert!(n.run(&["save", &snap]).status.success());
+    n.poke(0, 0x199, 0x1234);
+    let before = files_of(&n, 2);
+    let text = std::fs::read_to_string(&snap).unwrap();
+    let cases: Vec<(&str, String)> = vec![
+        ("truncated", text[..text.len() / 2].to_string()),
+        (
+            "corrupted",
+            text.replacen("\"0x", "\"0x1", 1)
+                .replacen("\"0x1", "\"0x", 0),
+        ),
+        ("edited", {
+            let i = text.find("\"values\"").unwrap();
+            let j = text[i..].find("\"0x").unwrap() + i + 3;
+            let mut t = text.clone();
+            let c = if &t[j..j + 1] == "f" { "e" } else { "f" };
+            t.replace_range(j..j + 1, c);
+            t
+        }),
+        (
+            "newer",
+            text.replacen("\"version\": 1", "\"version\": 9", 1),
+        ),
+        (
+            "foreign host",
+            text.replacen("\"host\": \"", "\"host\": \"elsewhere-", 1),
+        ),
+        ("empty", String::new()),
+    ];
+    for (what, content) in cases {
+        let p = n.path(&format!("{}.json", what.replace(' ', "_")));
+        std::fs::write(&p, content).unwrap();
+        let o = n.run(&["--json", "restore", &p]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let j = json_of(&o);
+        assert_eq!(j["ok"], Value::Bool(false));
+        assert!(
+            j["error"].as_str().unwrap().contains(&p),
+            "{what}: error does not name the file: {j}"
+        );
+        assert_eq!(files_of(&n, 2), before, "{what}: a register changed");
+    }
+}
+
+#[test]
+fn llnl_forms_save_and_restore() {
+    let n = node(2);
+    let snap = n.path("llnl.json");
+    assert!(n.run(&[&snap]).status.success());
+    let before = n.peek(1, 0x1B0);
+    n.poke(1, 0x1B0, before ^ 0x5);
+    assert!(n.run(&["-r", &snap]).status.success());
+    assert_eq!(n.peek(1, 0x1B0), before);
+    assert!(msrsave(&["--version"]).status.success());
+}
+
+#[test]
+fn offline_cpu_is_reported_and_the_rest_restored() {
+    let n = node(4);
+    let snap = n.path("snap.json");
+    assert!(n.run(&["save", &snap]).status.success());
+    let v = n.peek(0, 0x199);
+    n.poke(0, 0x199, v ^ 0xff);
+    std::fs::write(n.root.join("sys/devices/system/cpu/online"), "0-2\n").unwrap();
+    let o = n.run(&["--json", "restore", &snap]);
+    assert_eq!(o.status.code(), Some(1));
+    let j = json_of(&o);
+    assert_eq!(j["offline_cpus"], serde_json::json!([3]));
+    assert_eq!(n.peek(0, 0x199), v);
+    // A save with CPU 3 offline records CPUs 0-2 only.
+    let j = json_of(&n.run(&["--json", "save", &n.path("three.json")]));
+    assert_eq!(j["cpu_list"].as_str(), Some("0-2"));
+}
+
+#[test]
+fn a_failed_save_leaves_no_file() {
+    let n = node(1);
+    let target = Path::new(&n.path("missing-dir")).join("snap.json");
+    let o = n.run(&["save", target.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!target.exists());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing-dir"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(msrsave(&["restore"]).status.code(), Some(2));
+    assert_eq!(
+        msrsave(&["--backend", "fast", "info"]).status.code(),
+        Some(2)
+    );
+    let o = msrsave(&["--root", "/nonexistent-root", "save", "/tmp/x.json"]);
+    assert_eq!(o.status.code(), Some(2));
+}
