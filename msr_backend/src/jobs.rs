@@ -578,10 +578,11 @@ fn register(cfg: &JobsConfig, job_id: &str) -> JobResult<()> {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         std::process::id()
     );
-    crate::savefile::write_atomically(&path, text.as_bytes()).map_err(|e| JobError::Io {
-        path: path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    crate::savefile::write_atomically(&path, text.as_bytes(), crate::savefile::SAVE_FILE_MODE)
+        .map_err(|e| JobError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err(&path))
 }
 

@@ -131,6 +131,10 @@ pub enum Command {
         #[arg(long, default_value = "GenuineIntel")]
         vendor: String,
     },
+    /// Jobs on a shared node: the first job snapshots, the last one restores (SLURM plugin and
+    /// PBS hooks use this)
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Run the whole cycle on a temporary emulated node and print what happened
     Demo {
         /// CPUs of the emulated node
@@ -139,6 +143,28 @@ pub enum Command {
         /// Keep the emulated node in this directory instead of a temporary one
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Record a job; the first job on an idle node takes the node snapshot. Idempotent.
+    Begin {
+        job_id: String,
+        /// State directory [default: state_dir in the configuration, /run/msr-restore]
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Forget a job; the last one restores the snapshot, verifies, checks and clears the state.
+    End {
+        job_id: String,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Which jobs hold the node, and whether a snapshot is kept
+    Status {
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 

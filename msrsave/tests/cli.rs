@@ -359,3 +359,44 @@ fn usage_errors_exit_2() {
     let o = msrsave(&["--root", "/nonexistent-root", "save", "/tmp/x.json"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn shared_node_restores_when_the_last_job_ends() {
+    let n = node(2);
+    let state = n.path("state");
+    let before = n.peek(1, 0x199);
+    let begin = |id: &str| json_of(&n.run(&["--json", "job", "begin", id, "--state-dir", &state]));
+    let end = |id: &str| n.run(&["--json", "job", "end", id, "--state-dir", &state]);
+    assert_eq!(begin("10")["snapshot"], "taken");
+    n.poke(1, 0x199, before ^ 0xff);
+    assert_eq!(begin("11")["snapshot"], "shared");
+    assert_eq!(
+        begin("11")["snapshot"],
+        "registered",
+        "a requeued job is recorded once"
+    );
+    let o = end("10");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(json_of(&o)["last_job"], false);
+    assert_eq!(
+        n.peek(1, 0x199),
+        before ^ 0xff,
+        "restored while a job still runs"
+    );
+    let o = end("11");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(json_of(&o)["restore"]["written"], 1);
+    assert_eq!(n.peek(1, 0x199), before);
+    // A job whose begin never ran ends cleanly.
+    let o = end("12");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(json_of(&o)["note"]
+        .as_str()
+        .unwrap()
+        .contains("not registered"));
+}

@@ -5,6 +5,7 @@ mod allowlist;
 mod demo;
 mod files;
 mod info;
+mod job;
 mod node_ops;
 
 use std::fmt::Write as _;
@@ -55,6 +56,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Info => "info",
         Command::Emulate { .. } => "emulate",
         Command::Demo { .. } => "demo",
+        Command::Job(j) => job::name(j),
     }
 }
 
@@ -148,6 +150,7 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
                 ),
                 Command::Allowlist(a) => allowlist::run(&ctx, a),
                 Command::Info => info::info(&ctx),
+                Command::Job(j) => job::run(&ctx, j),
                 _ => unreachable!("handled above"),
             }
         }
