@@ -1,6 +1,12 @@
 //! msr-safe allowlists: parsed exactly as the kernel parses them (so that what we accept is what
 //! `/dev/cpu/msr_allowlist` accepts, with the same errno), written back in the kernel's
-//! read-back form, and picked for a CPU by msr-safe's file naming.
+//! read-back form, picked for a CPU by msr-safe's file naming ([`select_allowlist`], which skips
+//! templates), and checked for what the kernel accepts but an admin should know ([`lint`]).
+//!
+//! The parser follows msr-safe's `write_allowlist` and `parse_next_allowlist_entry`
+//! (msr_allowlist.c, 1.8.0) with the kernel's `isspace()` and `kstrtoull(.., 0, ..)`; it was
+//! checked against a user-space transliteration of that C code on thousands of generated inputs
+//! and on every list msr-safe ships.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +15,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 
+use crate::names;
+use crate::node::CpuIdentity;
 use crate::types::{MsrAddr, WriteMask};
 
 /// The kernel's buffer limit: a write of more than 128 KiB is refused with E2BIG.
@@ -46,17 +54,47 @@ pub struct KernelParseError {
     pub reason: &'static str,
 }
 
+/// The reason given for a write of 2 bytes or less. msr-safe does not parse such a write: it
+/// returns success and clears the loaded list. [`kernel_parse`] reports it as an error (nothing
+/// would be loaded) with errno ENOMSG, but the kernel itself returns no error.
+const CLEARING_REASON: &str =
+    "2 bytes or less: msr-safe does not parse such a write, it returns success and CLEARS the loaded list";
+
+impl KernelParseError {
+    /// True for a write of 2 bytes or less, which msr-safe accepts without error and which
+    /// clears the loaded list (the `errno` field is then ours, not the kernel's).
+    pub fn is_clearing_write(&self) -> bool {
+        self.errno == Errno::ENOMSG && self.reason == CLEARING_REASON
+    }
+
+    /// True when loading the text would leave msr-safe with an EMPTY allowlist rather than
+    /// keeping the one already loaded: a clearing write, or a duplicate MSR (ENOTUNIQ is found in
+    /// the second pass, after the old list was dropped).
+    pub fn empties_loaded_list(&self) -> bool {
+        self.is_clearing_write() || self.errno == Errno::ENOTUNIQ
+    }
+
+    /// The error without its line: token, reason and what msr-safe returns.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if !self.token.is_empty() {
+            s.push_str(&format!("token {:?}: ", self.token));
+        }
+        if self.is_clearing_write() {
+            s.push_str(self.reason);
+        } else {
+            s.push_str(&format!(
+                "{} (msr-safe would refuse it with {:?})",
+                self.reason, self.errno
+            ));
+        }
+        s
+    }
+}
+
 impl fmt::Display for KernelParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: ", self.line)?;
-        if !self.token.is_empty() {
-            write!(f, "token {:?}: ", self.token)?;
-        }
-        write!(
-            f,
-            "{} (msr-safe would refuse it with {:?})",
-            self.reason, self.errno
-        )
+        write!(f, "line {}: {}", self.line, self.describe())
     }
 }
 
@@ -78,6 +116,16 @@ pub enum AllowlistError {
     #[error("no allowlist for {cpu} in {searched}: looked for {names}; pass --allowlist FILE or add a list for this CPU")]
     NoListForCpu {
         cpu: String,
+        searched: String,
+        names: String,
+    },
+    /// Every list found for the CPU is a template: all of its entries are commented out, so
+    /// msr-safe would refuse it with ENOMSG and keep whatever list it had (msr-safe issue #185).
+    #[error("no usable allowlist for {cpu}: found only {templates}, template(s) with no active entries (every entry is commented out: msr-safe would refuse it with ENOMSG and keep its old list); uncomment the MSRs to allow and set their write masks, or put an active list for this CPU in {searched} (looked for {names}), or pass --allowlist FILE")]
+    TemplateOnly {
+        cpu: String,
+        /// The template files found, in search order.
+        templates: String,
         searched: String,
         names: String,
     },
@@ -118,39 +166,65 @@ fn kstrtoull(tok: &[u8]) -> Result<u64, Errno> {
     Ok(v)
 }
 
-/// Parse allowlist text exactly as msr-safe's `write_allowlist` does (passes 1 and 2), returning
-/// the entries it would load or the errno it would return.
-pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
-    let err = |errno, line, token: &[u8], reason| KernelParseError {
+/// One entry as the tokenizer saw it: the kernel's view plus where its tokens were, for the lint.
+#[derive(Clone, Debug)]
+struct Scanned {
+    raw: RawEntry,
+    /// The line the write mask token was on (the kernel does not care if it differs from the
+    /// address's line).
+    mask_line: usize,
+    /// The two tokens as written.
+    tokens: [Vec<u8>; 2],
+}
+
+/// The result of the kernel's first pass: the entries read up to the first error, and that error.
+struct Scan {
+    entries: Vec<Scanned>,
+    error: Option<KernelParseError>,
+    /// The line the input ended on (where ENOMSG is reported).
+    last_line: usize,
+}
+
+fn kernel_error(errno: Errno, line: usize, token: &[u8], reason: &'static str) -> KernelParseError {
+    KernelParseError {
         errno,
         line,
         token: String::from_utf8_lossy(token).into_owned(),
         reason,
+    }
+}
+
+/// The bytes msr-safe parses: it copies the write into a zeroed buffer and stops at the first NUL.
+fn parsed_part(text: &[u8]) -> &[u8] {
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    &text[..end]
+}
+
+/// msr-safe's pass 1 (`parse_next_allowlist_entry` until the end or an error), keeping lines.
+fn scan(text: &[u8]) -> Scan {
+    let mut scan = Scan {
+        entries: Vec::new(),
+        error: None,
+        last_line: 1,
     };
     if text.len() > MAX_ALLOWLIST_BYTES {
-        return Err(err(
+        scan.error = Some(kernel_error(
             Errno::E2BIG,
             1,
             b"",
             "larger than the kernel's 128 KiB limit",
         ));
+        return scan;
     }
     if text.len() <= CLEARING_WRITE_MAX {
-        return Err(err(
-            Errno::ENOMSG,
-            1,
-            b"",
-            "2 bytes or less: the kernel would clear the list",
-        ));
+        scan.error = Some(kernel_error(Errno::ENOMSG, 1, b"", CLEARING_REASON));
+        return scan;
     }
-    // The kernel copies the text into a zeroed buffer: a NUL ends the input.
-    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    let buf = &text[..end];
+    let buf = parsed_part(text);
     let mut line = 1usize;
     let mut pos = 0usize;
-    let mut entries = Vec::new();
 
-    // Advance over whitespace, counting lines.
+    // Advance over whitespace (the kernel's skip_spaces), counting lines.
     let skip_spaces = |pos: &mut usize, line: &mut usize| {
         while *pos < buf.len() && kernel_isspace(buf[*pos]) {
             if buf[*pos] == b'\n' {
@@ -162,6 +236,7 @@ pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
 
     loop {
         skip_spaces(&mut pos, &mut line);
+        // A '#' where an address is expected skips to the end of its line (not past it).
         while pos < buf.len() && buf[pos] == b'#' {
             while pos < buf.len() && buf[pos] != b'\n' {
                 pos += 1;
@@ -172,38 +247,50 @@ pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
             break;
         }
         let entry_line = line;
+        let mut mask_line = line;
         let mut data = [0u64; 2];
+        let mut tokens: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
         for (i, slot) in data.iter_mut().enumerate() {
             skip_spaces(&mut pos, &mut line);
+            if i == 1 {
+                mask_line = line;
+            }
             let start = pos;
             while pos < buf.len() && !kernel_isspace(buf[pos]) {
                 pos += 1;
             }
             let tok = &buf[start..pos];
+            // The kernel needs a whitespace byte after each token: "Premature EOF".
             if pos >= buf.len() {
-                let what = if i == 0 { "MSR address" } else { "write mask" };
-                let reason = if tok.is_empty() {
-                    if i == 0 {
-                        "input ends where an MSR address is expected"
-                    } else {
-                        "input ends where a write mask is expected"
+                let reason = match (i, tok.is_empty()) {
+                    (0, true) => "input ends where an MSR address is expected",
+                    (_, true) => "input ends where a write mask is expected",
+                    (0, false) => {
+                        "input ends right after the MSR address (no whitespace after the last token)"
                     }
-                } else if what == "MSR address" {
-                    "input ends right after the MSR address (no whitespace after the last token)"
-                } else {
-                    "input ends right after the write mask (add a newline at the end)"
+                    (_, false) => {
+                        "input ends right after the write mask (add a newline at the end)"
+                    }
                 };
-                return Err(err(Errno::EILSEQ, line, tok, reason));
+                scan.error = Some(kernel_error(Errno::EILSEQ, line, tok, reason));
+                scan.last_line = line;
+                return scan;
             }
-            *slot = kstrtoull(tok).map_err(|e| {
-                let reason = match (e, i) {
-                    (Errno::ERANGE, 0) => "MSR address does not fit in 64 bits",
-                    (Errno::ERANGE, _) => "write mask does not fit in 64 bits",
-                    (_, 0) => "not a number where an MSR address is expected",
-                    _ => "not a number where a write mask is expected (a comment between address and mask is not allowed)",
-                };
-                err(e, line, tok, reason)
-            })?;
+            tokens[i] = tok.to_vec();
+            match kstrtoull(tok) {
+                Ok(v) => *slot = v,
+                Err(e) => {
+                    let reason = match (e, i) {
+                        (Errno::ERANGE, 0) => "MSR address does not fit in 64 bits",
+                        (Errno::ERANGE, _) => "write mask does not fit in 64 bits",
+                        (_, 0) => "not a number where an MSR address is expected",
+                        _ => "not a number where a write mask is expected (a comment between address and mask is not allowed)",
+                    };
+                    scan.error = Some(kernel_error(e, line, tok, reason));
+                    scan.last_line = line;
+                    return scan;
+                }
+            }
             // The kernel steps over the one whitespace byte that ended the token.
             if buf[pos] == b'\n' {
                 line += 1;
@@ -211,33 +298,71 @@ pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
             pos += 1;
         }
         let comment = trailing_comment(buf, pos);
-        entries.push(RawEntry {
-            msr: data[0],
-            mask: data[1],
-            line: entry_line,
-            comment,
+        scan.entries.push(Scanned {
+            raw: RawEntry {
+                msr: data[0],
+                mask: data[1],
+                line: entry_line,
+                comment,
+            },
+            mask_line,
+            tokens,
         });
     }
-    if entries.is_empty() {
-        return Err(err(
-            Errno::ENOMSG,
-            line,
-            b"",
-            "no entries (every line is blank or a comment)",
-        ));
-    }
-    let mut seen: HashMap<u64, usize> = HashMap::with_capacity(entries.len());
-    for e in &entries {
+    scan.last_line = line;
+    scan
+}
+
+const DUPLICATE_REASON: &str =
+    "MSR listed twice; msr-safe would refuse the list and leave the loaded list EMPTY";
+const NO_ENTRIES_REASON: &str = "no entries (every line is blank or a comment)";
+
+/// The first duplicate in file order, as msr-safe's pass 2 finds it.
+fn first_duplicate<'a>(
+    entries: impl IntoIterator<Item = &'a RawEntry>,
+) -> Option<KernelParseError> {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for e in entries {
         if seen.insert(e.msr, e.line).is_some() {
-            return Err(KernelParseError {
+            return Some(KernelParseError {
                 errno: Errno::ENOTUNIQ,
                 line: e.line,
                 token: format!("{:#010x}", e.msr),
-                reason: "MSR listed twice; msr-safe would refuse the list and leave the loaded list EMPTY",
+                reason: DUPLICATE_REASON,
             });
         }
     }
-    Ok(entries)
+    None
+}
+
+/// What msr-safe returns for the scanned text: `None` when it loads the entries.
+fn kernel_verdict(scan: &Scan) -> Option<KernelParseError> {
+    if let Some(e) = &scan.error {
+        return Some(e.clone());
+    }
+    if scan.entries.is_empty() {
+        return Some(kernel_error(
+            Errno::ENOMSG,
+            scan.last_line,
+            b"",
+            NO_ENTRIES_REASON,
+        ));
+    }
+    first_duplicate(scan.entries.iter().map(|s| &s.raw))
+}
+
+/// Parse allowlist text exactly as msr-safe's `write_allowlist` does (passes 1 and 2), returning
+/// the entries it would load or the errno it would return.
+///
+/// One case is not a kernel error: a write of 2 bytes or less is not parsed at all, msr-safe
+/// returns success and clears its list. It is reported here as ENOMSG (nothing would be loaded);
+/// [`KernelParseError::is_clearing_write`] tells it apart.
+pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
+    let scan = scan(text);
+    match kernel_verdict(&scan) {
+        Some(e) => Err(e),
+        None => Ok(scan.entries.into_iter().map(|s| s.raw).collect()),
+    }
 }
 
 /// The comment that follows an entry on its own line (`0x10 0x0 # "IA32_TSC"` -> `IA32_TSC`).
@@ -397,42 +522,394 @@ impl Allowlist {
     }
 }
 
-/// msr-safe's names for a CPU's list: `al_<FF>_<MM>` (`printf 'al_%.2X_%X'`) and, before
-/// v1.8, `al_<ff><mm>`.
-pub fn allowlist_file_names(id: &crate::node::CpuIdentity) -> Vec<String> {
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl AllowlistEntry {
+    /// The entry's name comment, or else the well-known name of its MSR ([`names::msr_name`]).
+    pub fn display_name(&self) -> Option<&str> {
+        self.name.as_deref().or_else(|| names::msr_name(self.addr))
+    }
+}
+
+/// How many commented-out entries (`# 0x... 0x...`, msr-safe's template form) the text has.
+/// A list with none active but some of these is a template: see [`select_allowlist`].
+pub fn template_entry_count(text: &[u8]) -> usize {
+    parsed_part(text)
+        .split(|&b| b == b'\n')
+        .filter(|l| is_commented_entry(l))
+        .count()
+}
+
+/// `#`, optional whitespace, then two numbers: an entry commented out.
+fn is_commented_entry(line: &[u8]) -> bool {
+    let line = trim_ascii_start(line);
+    let Some(rest) = line.strip_prefix(b"#") else {
+        return false;
+    };
+    let mut toks = rest.split(|&b| kernel_isspace(b)).filter(|t| !t.is_empty());
+    matches!(
+        (toks.next(), toks.next()),
+        (Some(a), Some(m)) if kstrtoull(a).is_ok() && kstrtoull(m).is_ok()
+    )
+}
+
+fn trim_ascii_start(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !kernel_isspace(*first) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// The file names msr-safe gives the allowlist of a CPU, newest convention first:
+/// `al_<FF>_<MM>` (`printf 'al_%.2X_%X' family model`, since v1.8) and `al_<ff><mm>` (lower case,
+/// both padded to two digits, v1.7.0 and older).
+pub fn allowlist_file_names(id: &CpuIdentity) -> Vec<String> {
     vec![
         format!("al_{:02X}_{:X}", id.family, id.model),
         format!("al_{:02x}{:02x}", id.family, id.model),
     ]
 }
 
-/// The first list for `id` in `dirs` (in order, current naming first).
-pub fn select_allowlist(
-    id: &crate::node::CpuIdentity,
-    dirs: &[PathBuf],
-) -> Result<PathBuf, AllowlistError> {
+/// The allowlist file for a CPU: the first of [`allowlist_file_names`] found in `dirs`, searching
+/// the directories in order and, in each, the new name before the old one.
+///
+/// A file with no active entry (msr-safe's templates: every entry commented out; or an empty
+/// file) is skipped, since msr-safe would refuse it with ENOMSG; if only such files are found the
+/// error is [`AllowlistError::TemplateOnly`], naming them. A file that exists but cannot be read
+/// is an error, not skipped. Other problems in the chosen file are left to the loader, which
+/// reports them with line and token.
+pub fn select_allowlist(id: &CpuIdentity, dirs: &[PathBuf]) -> Result<PathBuf, AllowlistError> {
     let names = allowlist_file_names(id);
+    let mut templates: Vec<PathBuf> = Vec::new();
     for dir in dirs {
         for name in &names {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let text = std::fs::read(&path).map_err(|source| AllowlistError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            match kernel_parse(&text) {
+                Err(e) if e.errno == Errno::ENOMSG => templates.push(path),
+                _ => return Ok(path),
             }
         }
     }
-    Err(AllowlistError::NoListForCpu {
-        cpu: id.to_string(),
-        searched: dirs
-            .iter()
+    let cpu = id.to_string();
+    let searched = if dirs.is_empty() {
+        "no directories".to_string()
+    } else {
+        dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let names = names.join(" or ");
+    if templates.is_empty() {
+        return Err(AllowlistError::NoListForCpu {
+            cpu,
+            searched,
+            names,
+        });
+    }
+    Err(AllowlistError::TemplateOnly {
+        cpu,
+        templates: templates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
             .join(", "),
-        names: names.join(" or "),
+        searched,
+        names,
     })
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A token kstrtoull reads as octal with a value that differs from its decimal reading
+/// (`010`, `0610`; not `0`, `00` or `0x10`).
+fn is_octal_token(tok: &[u8]) -> bool {
+    let t = tok.strip_prefix(b"+").unwrap_or(tok);
+    match t {
+        [b'0', rest @ ..] => {
+            let is_hex =
+                matches!(rest, [x, d, ..] if (*x == b'x' || *x == b'X') && d.is_ascii_hexdigit());
+            !is_hex && rest.iter().any(|&b| b != b'0')
+        }
+        _ => false,
+    }
+}
+
+/// How much a lint finding matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The kernel accepts the list but something in it is probably not what was meant.
+    Warning,
+    /// msr-safe refuses the list (or would clear or empty the loaded one), or our tools refuse it.
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+/// One thing [`lint`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LintFinding {
+    /// 1-based line; 0 when the finding is about the whole list.
+    pub line: usize,
+    pub severity: Severity,
+    pub message: String,
+    /// The kernel's error, when the finding is one (same line and token as [`kernel_parse`]).
+    pub kernel_error: Option<KernelParseError>,
+}
+
+impl fmt::Display for LintFinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}: ", self.line)?;
+        }
+        write!(f, "{}: {}", self.severity, self.message)
+    }
+}
+
+/// Lists larger than this get a warning: a few more lines and msr-safe refuses them (E2BIG).
+pub const LINT_SIZE_WARNING_BYTES: usize = MAX_ALLOWLIST_BYTES / 10 * 9;
+/// At most this many lines get their own non-ASCII warning.
+const LINT_MAX_NON_ASCII_LINES: usize = 5;
+
+/// Check allowlist text for what msr-safe refuses (errors, with the same line and token as
+/// [`kernel_parse`]) and for what it accepts but an admin should know about (warnings): a third
+/// number on a line, an entry split over lines, a number with a leading 0 (octal), a missing
+/// final newline, a write mask on a read-only MSR, no writable MSR at all, NUL bytes, non-ASCII
+/// bytes, a size close to the 128 KiB limit. An MSR above 32 bits is an error (msr-safe accepts
+/// it but no device can address it, and [`Allowlist::parse`] refuses it). Every duplicate is
+/// reported, not only the first. Findings are sorted by line (whole-list findings, line 0, first).
+pub fn lint(text: &[u8]) -> Vec<LintFinding> {
+    let mut out: Vec<LintFinding> = Vec::new();
+    let warn = |line: usize, message: String| LintFinding {
+        line,
+        severity: Severity::Warning,
+        message,
+        kernel_error: None,
+    };
+    let error = |line: usize, message: String| LintFinding {
+        line,
+        severity: Severity::Error,
+        message,
+        kernel_error: None,
+    };
+    let kernel = |e: KernelParseError, extra: String| LintFinding {
+        line: e.line,
+        severity: Severity::Error,
+        message: format!("{}{extra}", e.describe()),
+        kernel_error: Some(e),
+    };
+
+    let scan = scan(text);
+    let entries: Vec<&Scanned> = scan.entries.iter().collect();
+    let parsed = parsed_part(text);
+
+    // What the kernel says, then every further duplicate (the kernel stops at the first).
+    let verdict = kernel_verdict(&scan);
+    if let Some(e) = &verdict {
+        let extra = match e.errno {
+            Errno::E2BIG => format!(" ({} bytes)", text.len()),
+            Errno::ENOMSG if !e.is_clearing_write() => match template_entry_count(text) {
+                0 => String::new(),
+                n => format!(
+                    "; this is a template: its {n} entries are all commented out (uncomment the MSRs to allow and set their write masks)"
+                ),
+            },
+            Errno::ENOTUNIQ => entries
+                .iter()
+                .find(|s| format!("{:#010x}", s.raw.msr) == e.token)
+                .map(|s| format!(" (first listed on line {})", s.raw.line))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        out.push(kernel(e.clone(), extra));
+    }
+    if scan.error.is_none() {
+        let mut first_seen: HashMap<u64, usize> = HashMap::new();
+        let mut skipped_kernel_one = false;
+        for s in &entries {
+            let Some(&first) = first_seen.get(&s.raw.msr) else {
+                first_seen.insert(s.raw.msr, s.raw.line);
+                continue;
+            };
+            if !skipped_kernel_one {
+                // Reported above as the kernel's ENOTUNIQ.
+                skipped_kernel_one = true;
+                continue;
+            }
+            out.push(error(
+                s.raw.line,
+                format!(
+                    "MSR {:#010x} listed again (first on line {first}); remove one",
+                    s.raw.msr
+                ),
+            ));
+        }
+    }
+
+    // Token layout the kernel accepts but nobody means.
+    for (i, s) in entries.iter().enumerate() {
+        let prev_mask_line = i.checked_sub(1).map(|p| entries[p].mask_line);
+        if prev_mask_line == Some(s.raw.line) {
+            out.push(warn(
+                s.raw.line,
+                format!(
+                    "more than two numbers on this line: msr-safe reads the third one ({:#x}) as the MSR of another entry, with the next number ({:#x}, line {}) as its write mask",
+                    s.raw.msr, s.raw.mask, s.mask_line
+                ),
+            ));
+        } else if s.mask_line != s.raw.line {
+            out.push(warn(
+                s.raw.line,
+                format!(
+                    "MSR {:#x} has no write mask on its line: msr-safe takes the next number ({:#x}, line {}) as its mask",
+                    s.raw.msr, s.raw.mask, s.mask_line
+                ),
+            ));
+        }
+    }
+
+    // Numbers with a leading 0 are octal to the kernel: 0610 is 0x188, not 0x610.
+    for s in &entries {
+        for (tok, what, value) in [
+            (&s.tokens[0], "MSR address", s.raw.msr),
+            (&s.tokens[1], "write mask", s.raw.mask),
+        ] {
+            if is_octal_token(tok) {
+                let line = if what == "MSR address" {
+                    s.raw.line
+                } else {
+                    s.mask_line
+                };
+                out.push(warn(
+                    line,
+                    format!(
+                        "{what} {:?} has a leading 0, so msr-safe reads it as octal ({value:#x}); write it in hex with 0x if that is not meant",
+                        String::from_utf8_lossy(tok)
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Entries our tools cannot use, and masks that make no sense.
+    let mut writable = 0usize;
+    for s in &entries {
+        let (msr, mask) = (s.raw.msr, s.raw.mask);
+        if mask != 0 {
+            writable += 1;
+        }
+        let Ok(addr) = u32::try_from(msr) else {
+            out.push(error(
+                s.raw.line,
+                format!(
+                    "MSR {msr:#x} is above 32 bits: msr-safe accepts it but no device can address it (offsets and batch ops are 32-bit), and msrsave refuses such a list"
+                ),
+            ));
+            continue;
+        };
+        if mask != 0 && names::is_read_only(MsrAddr(addr)) {
+            let name = names::msr_name(MsrAddr(addr)).unwrap_or("?");
+            out.push(warn(
+                s.raw.line,
+                format!(
+                    "MSR {addr:#x} ({name}) is read-only or a free-running counter, but its write mask is {mask:#x}: a restore would write it back; use mask 0"
+                ),
+            ));
+        }
+    }
+    if scan.error.is_none() && !entries.is_empty() && writable == 0 {
+        out.push(warn(
+            0,
+            format!(
+                "none of the {} entries has a write mask: the list allows reading only, a restore has nothing to put back",
+                entries.len()
+            ),
+        ));
+    }
+
+    // Bytes.
+    if text.len() > LINT_SIZE_WARNING_BYTES && text.len() <= MAX_ALLOWLIST_BYTES {
+        out.push(warn(
+            0,
+            format!(
+                "{} bytes, close to msr-safe's limit of {MAX_ALLOWLIST_BYTES}: {} more and it refuses the list (E2BIG); shorten comments",
+                text.len(),
+                MAX_ALLOWLIST_BYTES - text.len() + 1
+            ),
+        ));
+    }
+    if parsed.len() < text.len() {
+        let line = 1 + parsed.iter().filter(|&&b| b == b'\n').count();
+        let rest = &text[parsed.len()..];
+        let ignored_entries = rest
+            .split(|&b| b == b'\n')
+            .filter(|l| {
+                let l: Vec<u8> = l.iter().copied().filter(|&b| b != 0).collect();
+                trim_ascii_start(&l)
+                    .first()
+                    .is_some_and(|b| b.is_ascii_digit() || *b == b'+')
+            })
+            .count();
+        let what = if ignored_entries > 0 {
+            format!(", including {ignored_entries} line(s) that look like entries")
+        } else {
+            String::new()
+        };
+        out.push(warn(
+            line,
+            format!(
+                "NUL byte: msr-safe stops reading here and ignores the {} bytes after it{what}",
+                rest.len()
+            ),
+        ));
+    }
+    if scan.error.is_none() && !parsed.is_empty() && parsed.last() != Some(&b'\n') {
+        let line = 1 + parsed.iter().filter(|&&b| b == b'\n').count();
+        out.push(warn(
+            line,
+            "no newline at the end: harmless while the last line ends in a comment or blank, but if it becomes an entry msr-safe refuses the list (EILSEQ)".to_string(),
+        ));
+    }
+    let mut non_ascii_lines = 0usize;
+    for (i, l) in text.split(|&b| b == b'\n').enumerate() {
+        if l.iter().any(|&b| b >= 0x80) {
+            non_ascii_lines += 1;
+            if non_ascii_lines <= LINT_MAX_NON_ASCII_LINES {
+                out.push(warn(
+                    i + 1,
+                    "non-ASCII bytes: harmless in a comment, but elsewhere msr-safe reads them as part of a number (EINVAL), except byte 0xA0 which it takes for a space".to_string(),
+                ));
+            }
+        }
+    }
+    if non_ascii_lines > LINT_MAX_NON_ASCII_LINES {
+        out.push(warn(
+            0,
+            format!(
+                "non-ASCII bytes on {} more lines",
+                non_ascii_lines - LINT_MAX_NON_ASCII_LINES
+            ),
+        ));
+    }
+    out.sort_by_key(|f| f.line);
+    out
 }
 
 #[cfg(test)]
@@ -497,5 +974,124 @@ mod tests {
         );
         let back = Allowlist::parse(a.to_kernel_text().as_bytes(), "back").unwrap();
         assert_eq!(back.digest(), a.digest());
+    }
+
+    fn id(family: u32, model: u32) -> CpuIdentity {
+        CpuIdentity {
+            vendor: "GenuineIntel".into(),
+            family,
+            model,
+        }
+    }
+
+    #[test]
+    fn clearing_writes_are_not_reported_as_a_kernel_errno() {
+        let e = kernel_parse(b"\n\n").unwrap_err();
+        assert!(e.is_clearing_write() && e.empties_loaded_list());
+        assert!(!e.to_string().contains("refuse"), "{e}");
+        assert!(e.to_string().contains("CLEARS"), "{e}");
+        let e = kernel_parse(b"\n\n\n").unwrap_err();
+        assert_eq!(e.errno, Errno::ENOMSG);
+        assert!(!e.is_clearing_write() && !e.empties_loaded_list());
+        let e = kernel_parse(b"0x10 0\n0x10 1\n").unwrap_err();
+        assert!(e.empties_loaded_list());
+    }
+
+    #[test]
+    fn kernel_parse_boundaries() {
+        // Exactly 128 KiB is accepted, one more byte is E2BIG.
+        let mut t = b"0x10 0x0\n".to_vec();
+        t.resize(MAX_ALLOWLIST_BYTES, b' ');
+        assert_eq!(parse(std::str::from_utf8(&t).unwrap()), Ok(vec![(0x10, 0)]));
+        t.push(b' ');
+        assert_eq!(kernel_parse(&t).unwrap_err().errno, Errno::E2BIG);
+        // A comment right after the mask with no space makes the mask token invalid.
+        assert_eq!(parse("0x10 0x0#c\n"), Err(Errno::EINVAL));
+        // A trailing comment without newline after an entry is fine.
+        assert_eq!(parse("0x10 0x0 # c"), Ok(vec![(0x10, 0)]));
+        // Overflow is ERANGE even with junk after the digits (the kernel checks overflow first).
+        assert_eq!(parse("0x1ffffffffffffffffz 0\n"), Err(Errno::ERANGE));
+        assert_eq!(parse("18446744073709551615 0\n"), Ok(vec![(u64::MAX, 0)]));
+        assert_eq!(parse("0x00000000000000000010 0\n"), Ok(vec![(0x10, 0)]));
+        // Latin-1 NBSP separates tokens, like the kernel's isspace().
+        assert_eq!(kernel_parse(b"0x10\xa00x1\n").map(|v| v[0].mask), Ok(1));
+        // Lines count through CRLF and vertical tabs.
+        let e = kernel_parse(b"0x10 0\r\n\x0b\n0x11 q\n").unwrap_err();
+        assert_eq!((e.line, e.errno), (3, Errno::EINVAL));
+    }
+
+    #[test]
+    fn file_names_and_selection() {
+        assert_eq!(allowlist_file_names(&id(6, 0x8F)), ["al_06_8F", "al_068f"]);
+        assert_eq!(allowlist_file_names(&id(6, 0x5)), ["al_06_5", "al_0605"]);
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let dirs = [a.path().to_path_buf(), b.path().to_path_buf()];
+        std::fs::write(b.path().join("al_068f"), "0x10 0\n").unwrap();
+        assert_eq!(
+            select_allowlist(&id(6, 0x8F), &dirs).unwrap(),
+            b.path().join("al_068f")
+        );
+        std::fs::write(b.path().join("al_06_8F"), "0x10 0\n").unwrap();
+        assert_eq!(
+            select_allowlist(&id(6, 0x8F), &dirs).unwrap(),
+            b.path().join("al_06_8F")
+        );
+        // A template in the first dir is skipped; only templates: TemplateOnly naming them.
+        std::fs::write(a.path().join("al_06_8F"), "# 0x10 0x0 # TSC\n").unwrap();
+        assert_eq!(
+            select_allowlist(&id(6, 0x8F), &dirs).unwrap(),
+            b.path().join("al_06_8F")
+        );
+        std::fs::remove_file(b.path().join("al_06_8F")).unwrap();
+        std::fs::write(b.path().join("al_068f"), "\n").unwrap();
+        let e = select_allowlist(&id(6, 0x8F), &dirs).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, AllowlistError::TemplateOnly { .. }), "{msg}");
+        assert!(
+            msg.contains(&a.path().join("al_06_8F").display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&b.path().join("al_068f").display().to_string()),
+            "{msg}"
+        );
+        // A broken list is returned: the loader reports its line and token.
+        std::fs::write(b.path().join("al_068f"), "0x10 zz\n").unwrap();
+        assert_eq!(
+            select_allowlist(&id(6, 0x8F), &dirs).unwrap(),
+            b.path().join("al_068f")
+        );
+        // A directory with the name is not a list.
+        std::fs::create_dir(a.path().join("al_06_55")).unwrap();
+        assert!(matches!(
+            select_allowlist(&id(6, 0x55), &dirs),
+            Err(AllowlistError::NoListForCpu { .. })
+        ));
+        assert!(matches!(
+            select_allowlist(&id(6, 0x55), &[]),
+            Err(AllowlistError::NoListForCpu { .. })
+        ));
+    }
+
+    #[test]
+    fn lint_is_quiet_on_a_good_list_and_sorted() {
+        assert_eq!(lint(b"# ok\n0x10 0x0 # TSC\n0x199 0xffff\n"), vec![]);
+        let f = lint(b"0x199 0xffff\n0x10 0x1\n0x11 0x0 0x12 0x0\n# caf\xe9\n");
+        let lines: Vec<usize> = f.iter().map(|f| f.line).collect();
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        assert!(f.iter().all(|f| f.severity == Severity::Warning), "{f:?}");
+        assert_eq!(lines, [2, 3, 4], "{f:?}");
+        // Near the size limit.
+        let mut big = b"0x199 0xffff\n".to_vec();
+        big.resize(LINT_SIZE_WARNING_BYTES + 1, b'\n');
+        assert!(lint(&big).iter().any(|f| f.message.contains("close to")));
+        // Octal only where it changes the value.
+        assert!(is_octal_token(b"010") && is_octal_token(b"+07"));
+        assert!(!is_octal_token(b"0") && !is_octal_token(b"000") && !is_octal_token(b"0x10"));
+        // A name comes from the comment, else from the table.
+        let a = Allowlist::parse(b"0x199 0xffff\n0x10 0 # my TSC\n0x12345 0\n", "t").unwrap();
+        let names: Vec<_> = a.entries().iter().map(|e| e.display_name()).collect();
+        assert_eq!(names, [Some("IA32_PERF_CTL"), Some("my TSC"), None]);
     }
 }
