@@ -52,8 +52,12 @@ impl fmt::Display for BackendKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
     Read,
-    /// Write `value` under `mask`: bits outside the mask keep their current value. The device
-    /// refuses the op if the mask is not within the allowlist's write mask for that MSR.
+    /// Write `value` under `mask`: the caller passes the full merged value it wants
+    /// (`mask.merge(current, wanted)` from a fresh read, as restore does) and `mask` says which
+    /// bits may change. Per-CPU devices re-read and merge under `mask` themselves; the batch
+    /// device hands `value` to the kernel, which merges under its own (wider or equal) mask, so
+    /// bits in the kernel's mask but not in `mask` come from `value`. The device refuses the op
+    /// if `mask` is not within the allowlist's write mask for that MSR.
     Write {
         value: u64,
         mask: WriteMask,
