@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use msr_backend::allowlist::{kernel_parse, select_allowlist, Allowlist};
+use msr_backend::allowlist::{
+    kernel_parse, lint as lint_text, select_allowlist, Allowlist, Severity,
+};
 use msr_backend::device::errno_meaning;
 use msr_backend::device::select::loaded_allowlist;
 use nix::errno::Errno;
@@ -123,28 +125,40 @@ fn lint(files: &[PathBuf]) -> Result<Outcome> {
     let mut errors = 0;
     for f in files {
         let text = std::fs::read(f).with_context(|| format!("cannot read {}", shown(f)))?;
-        match kernel_parse(&text) {
-            Ok(entries) => {
-                let writable = entries.iter().filter(|e| e.mask != 0).count();
-                line(
-                    &mut h,
-                    format!(
-                        "{}: ok, {} MSRs, {writable} writable",
-                        shown(f),
-                        entries.len()
-                    ),
-                );
-                reports.push(json!({"file": shown(f), "ok": true, "msrs": entries.len(), "writable": writable}));
-            }
-            Err(e) => {
-                errors += 1;
-                line(&mut h, format!("{}:{}: error: {e}", shown(f), e.line));
-                reports.push(
-                    json!({"file": shown(f), "ok": false, "line": e.line, "token": e.token,
-                                    "errno": format!("{:?}", e.errno), "error": e.to_string()}),
-                );
-            }
+        let findings = lint_text(&text);
+        let file_errors = findings
+            .iter()
+            .filter(|x| x.severity == Severity::Error)
+            .count();
+        errors += file_errors;
+        for x in &findings {
+            line(
+                &mut h,
+                format!("{}:{}: {}: {}", shown(f), x.line, x.severity, x.message),
+            );
         }
+        let (msrs, writable) = match kernel_parse(&text) {
+            Ok(e) => (e.len(), e.iter().filter(|e| e.mask != 0).count()),
+            Err(_) => (0, 0),
+        };
+        if file_errors == 0 {
+            line(
+                &mut h,
+                format!(
+                    "{}: ok, {msrs} MSRs, {writable} writable, {} warnings",
+                    shown(f),
+                    findings.len()
+                ),
+            );
+        }
+        let list: Vec<_> = findings
+            .iter()
+            .map(|x| {
+                json!({"line": x.line, "severity": x.severity.to_string(), "message": x.message,
+                           "errno": x.kernel_error.as_ref().map(|k| format!("{:?}", k.errno))})
+            })
+            .collect();
+        reports.push(json!({"file": shown(f), "ok": file_errors == 0, "msrs": msrs, "writable": writable, "findings": list}));
     }
     Ok(Outcome::new(
         if errors == 0 { EXIT_OK } else { EXIT_FAILED },
