@@ -1,0 +1,793 @@
+# -*- coding: utf-8 -*-
+"""msr-restore PBS hook: snapshot MSRs when a job starts on a host, restore them when it ends,
+and keep hosts whose registers drifted out of service.
+
+Runs inside PBS (OpenPBS / PBS Professional) as a site hook, under PBS's own Python 3 (3.6 or
+later), once per event:
+
+  execjob_prologue (and execjob_begin if the site adds it)
+        msrsave --json job begin JOBID --state-dir D
+        Failure: by default the local vnodes go offline and the event is rejected (job requeued).
+  execjob_epilogue, execjob_end
+        msrsave --json job end JOBID --state-dir D  (idempotent: the second call, or a call for a
+        job whose prologue failed or was rejected, ends cleanly with a note)
+        Failure: the local vnodes go offline (PBS only logs epilogue/end errors); the event is
+        accepted, so the user's job keeps its exit status.
+  exechost_periodic
+        msrsave --json check BASELINE, only when no job is on the host. Drift: the local vnodes go
+        offline with a comment naming the drift. Clean: vnodes this hook took offline come back.
+  exechost_startup
+        msrsave --json allowlist load --auto (if load_allowlist), msrsave --json save BASELINE.
+
+All MSR logic is in msrsave; this file only runs it (with a timeout below the hook's alarm),
+reads its JSON and talks to PBS. No exception leaves the hook.
+
+Ownership of "offline": the hook writes comments starting with COMMENT_PREFIX and records what it
+did in a marker file (HOOK_STATE_DIR/offline.json). exechost_periodic brings a vnode back only if
+the marker names it, its comment still starts with the prefix (an admin who changes the comment
+takes the node over) and the check is clean.
+
+Outside PBS, `python3 msr_restore_hook.py --check-config FILE` validates a hook config file and
+prints the effective settings (used by install.sh).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+try:
+    import pbs
+except ImportError:  # outside PBS: only the --check-config command line is available
+    pbs = None
+
+START = time.time()
+
+HOOK_NAME = "msr-restore"
+COMMENT_PREFIX = "msr-restore: "
+# Keep vnode comments short enough for pbsnodes output and the server's attribute limits.
+MAX_COMMENT = 240
+# Seconds kept between the end of the last msrsave call and the hook's alarm, for PBS to get
+# the vnode changes and the accept/reject back.
+ALARM_MARGIN = 3.0
+
+DEFAULT_MSR_RESTORE_CONF = "/etc/msr-restore/msr-restore.conf"
+
+# Built-in defaults; msr-restore.conf (state_dir, baseline, on_drift) overrides the ones marked
+# None, the hook config file overrides everything.
+DEFAULTS = {
+    "msrsave": "/usr/bin/msrsave",
+    "msr_restore_conf": None,  # None: $MSR_RESTORE_CONFIG or /etc/msr-restore/msr-restore.conf
+    "state_dir": None,  # msr-restore.conf state_dir, else /run/msr-restore
+    "baseline": None,  # msr-restore.conf baseline, else /var/lib/msr-restore/baseline.json
+    "root": "",  # non-empty: pass --root (emulated nodes, tests)
+    "backend": "",  # non-empty: pass --backend
+    "allowlist": "",  # non-empty: pass --allowlist
+    "alarm": 30,  # the hooks' qmgr alarm (install.sh sets it from here)
+    "check_freq": 120,  # the exechost_periodic hook's qmgr freq (install.sh sets it from here)
+    "timeout": 20,  # seconds one msrsave call may take; must be below alarm
+    "on_drift": None,  # offline|log; msr-restore.conf on_drift (drain = offline), else offline
+    "on_snapshot_failure": "offline",  # offline|reject|accept
+    "on_restore_failure": "offline",  # offline|log
+    "load_allowlist": False,  # exechost_startup: msrsave allowlist load --auto
+    "baseline_on_startup": True,  # exechost_startup: msrsave save BASELINE
+    "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # the offline marker lives here
+    "prometheus": "",  # non-empty: periodic check writes this Prometheus text file
+}
+BUILTIN_STATE_DIR = "/run/msr-restore"
+BUILTIN_BASELINE = "/var/lib/msr-restore/baseline.json"
+
+CHOICES = {
+    "on_drift": ("offline", "log"),
+    "on_snapshot_failure": ("offline", "reject", "accept"),
+    "on_restore_failure": ("offline", "log"),
+}
+ALIASES = {"on_drift": {"drain": "offline"}}
+STRING_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "backend",
+               "allowlist", "hook_state_dir", "prometheus")
+NUMBER_KEYS = ("alarm", "check_freq", "timeout")
+BOOL_KEYS = ("load_allowlist", "baseline_on_startup")
+PATH_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "allowlist",
+             "hook_state_dir", "prometheus")
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: pbs.logmsg inside PBS, stderr on the command line.
+
+class Log(object):
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.lines = []  # (level name, message), for --check-config
+
+    def _emit(self, level, msg):
+        text = "%s: %s" % (self.prefix, msg)
+        self.lines.append((level, msg))
+        if pbs is not None and not CLI_MODE:
+            pbslevel = {"debug": pbs.LOG_DEBUG, "warning": pbs.LOG_WARNING,
+                        "error": pbs.LOG_ERROR}.get(level, pbs.LOG_DEBUG)
+            try:
+                pbs.logmsg(pbslevel, text)
+            except Exception:
+                sys.stderr.write(text + "\n")
+        elif level != "debug":
+            sys.stderr.write("%s: %s\n" % (level, text))
+
+    def debug(self, msg):
+        self._emit("debug", msg)
+
+    def warning(self, msg):
+        self._emit("warning", msg)
+
+    def error(self, msg):
+        self._emit("error", msg)
+
+
+CLI_MODE = False
+LOG = Log(HOOK_NAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+def read_msr_restore_conf(path, log):
+    """The keys of msr-restore.conf the hook uses. A missing file is fine (built-in defaults);
+    a malformed line is logged with file and line and skipped."""
+    values = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (IOError, OSError) as err:
+        if getattr(err, "errno", None) == 2:
+            log.debug("%s not found, using built-in defaults for state_dir, baseline, on_drift"
+                      % path)
+        else:
+            log.error("cannot read %s: %s; using built-in defaults" % (path, err))
+        return values
+    for number, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            log.error("%s line %d: expected 'key = value', got %r; line ignored"
+                      % (path, number, raw.strip()))
+            continue
+        key, value = [part.strip() for part in line.split("=", 1)]
+        if key in ("state_dir", "baseline", "on_drift") and value:
+            values[key] = value
+    return values
+
+
+def validate(cfg, source, log):
+    """Check types and choices; a bad value is logged and replaced by its default."""
+    good = dict(cfg)
+    for key in list(good):
+        value = good[key]
+        default = DEFAULTS.get(key)
+        if key in STRING_KEYS:
+            if value is None and default is None:
+                continue
+            if not isinstance(value, str):
+                log.error("%s: %s must be a string, got %r; using %r"
+                          % (source, key, value, default))
+                good[key] = default
+            elif key in PATH_KEYS and value and not os.path.isabs(value):
+                log.error("%s: %s must be an absolute path, got %r; using %r"
+                          % (source, key, value, default))
+                good[key] = default
+        elif key in NUMBER_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                log.error("%s: %s must be a positive number of seconds, got %r; using %r"
+                          % (source, key, value, default))
+                good[key] = default
+        elif key in BOOL_KEYS:
+            if not isinstance(value, bool):
+                log.error("%s: %s must be true or false, got %r; using %r"
+                          % (source, key, value, default))
+                good[key] = default
+        elif key in CHOICES:
+            if value is None and default is None:
+                continue
+            if isinstance(value, str):
+                value = ALIASES.get(key, {}).get(value.strip().lower(), value.strip().lower())
+            if value not in CHOICES[key]:
+                log.error("%s: %s must be one of %s, got %r; using %r"
+                          % (source, key, "|".join(CHOICES[key]), cfg[key], default))
+                good[key] = default
+            else:
+                good[key] = value
+    return good
+
+
+def load_config(path, log):
+    """Effective settings: built-in defaults < msr-restore.conf < hook config file.
+
+    A missing, unreadable or malformed hook config is logged once, clearly, and the built-in
+    defaults apply (safe: restore-failures and drift take the node offline)."""
+    cfg = dict(DEFAULTS)
+    file_cfg = {}
+    if not path:
+        log.warning("no hook config file (PBS_HOOK_CONFIG_FILE unset: import one with "
+                    "'qmgr -c \"import hook H application/x-config default msr_restore_hook.json\"'); "
+                    "using built-in defaults")
+    else:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except (IOError, OSError) as err:
+            log.error("cannot read hook config %s: %s; using built-in defaults" % (path, err))
+            text = None
+        if text is not None:
+            try:
+                file_cfg = json.loads(text)
+            except ValueError as err:
+                log.error("hook config %s is not valid JSON (%s); using built-in defaults"
+                          % (path, err))
+                file_cfg = {}
+            if not isinstance(file_cfg, dict):
+                log.error("hook config %s must be a JSON object, got %s; using built-in defaults"
+                          % (path, type(file_cfg).__name__))
+                file_cfg = {}
+    for key in sorted(file_cfg):
+        if key.startswith("_") or key.startswith("#"):
+            continue  # comment keys
+        if key not in DEFAULTS:
+            log.warning("hook config %s: unknown key %r ignored" % (path, key))
+            continue
+        cfg[key] = file_cfg[key]
+    cfg = validate(cfg, "hook config %s" % path if path else "defaults", log)
+
+    conf_path = cfg["msr_restore_conf"] or os.environ.get("MSR_RESTORE_CONFIG") \
+        or DEFAULT_MSR_RESTORE_CONF
+    conf = read_msr_restore_conf(conf_path, log)
+    if cfg["state_dir"] is None:
+        cfg["state_dir"] = conf.get("state_dir", BUILTIN_STATE_DIR)
+    if cfg["baseline"] is None:
+        cfg["baseline"] = conf.get("baseline", BUILTIN_BASELINE)
+    if cfg["on_drift"] is None:
+        value = conf.get("on_drift", "offline").lower()
+        value = ALIASES["on_drift"].get(value, value)
+        if value not in CHOICES["on_drift"]:
+            log.error("%s: on_drift must be drain or log, got %r; using offline"
+                      % (conf_path, conf["on_drift"]))
+            value = "offline"
+        cfg["on_drift"] = value
+
+    if cfg["timeout"] + ALARM_MARGIN > cfg["alarm"]:
+        fixed = max(1.0, cfg["alarm"] - ALARM_MARGIN - 1)
+        log.error("timeout %ss does not leave %ss before the hook alarm %ss; using %ss"
+                  % (cfg["timeout"], ALARM_MARGIN, cfg["alarm"], fixed))
+        cfg["timeout"] = fixed
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Running msrsave
+
+class Outcome(object):
+    """What one msrsave run gave: exit code, the JSON object (or None) and an error sentence
+    when the run itself failed (missing binary, timeout, no JSON)."""
+
+    def __init__(self, argv, code=None, data=None, error=None, stderr=""):
+        self.argv = argv
+        self.code = code
+        self.data = data
+        self.error = error
+        self.stderr = stderr
+
+    @property
+    def ok(self):
+        return (self.error is None and self.code == 0 and isinstance(self.data, dict)
+                and self.data.get("ok") is True)
+
+    def describe(self):
+        """One line saying what went wrong (or what happened), for logs and vnode comments."""
+        if self.error:
+            return self.error
+        d = self.data or {}
+        if d.get("error"):
+            return str(d["error"])
+        parts = []
+        restore = d.get("restore")
+        if d.get("command") == "restore":
+            restore = d
+        if isinstance(restore, dict) and restore.get("failures"):
+            fails = restore["failures"]
+            named = []
+            for f in fails[:3]:
+                named.append("CPU %s MSR %s%s: %s" % (
+                    f.get("cpu"), f.get("msr"),
+                    " (%s)" % f["name"] if f.get("name") else "", f.get("error", "failed")))
+            more = " and %d more" % (len(fails) - 3) if len(fails) > 3 else ""
+            parts.append("%d register(s) not restored: %s%s" % (len(fails), "; ".join(named),
+                                                                  more))
+        check = d.get("check")
+        if d.get("command") == "check":
+            check = d
+        if isinstance(check, dict) and check.get("clean") is False:
+            parts.append(str(check.get("summary") or "%s register(s) drifted"
+                             % check.get("drifted")))
+        if d.get("note"):
+            parts.append(str(d["note"]))
+        if not parts:
+            parts.append("msrsave exited %s" % self.code)
+        return "; ".join(parts)
+
+
+def deadline(cfg):
+    return START + cfg["alarm"] - ALARM_MARGIN
+
+
+def run_msrsave(cfg, args, log):
+    argv = [cfg["msrsave"], "--json"]
+    if cfg["root"]:
+        argv += ["--root", cfg["root"]]
+    if cfg["backend"]:
+        argv += ["--backend", cfg["backend"]]
+    if cfg["allowlist"]:
+        argv += ["--allowlist", cfg["allowlist"]]
+    argv += list(args)
+    left = deadline(cfg) - time.time()
+    timeout = min(float(cfg["timeout"]), left)
+    cmd = "msrsave " + " ".join(a for a in args[:2] if not a.startswith("/"))
+    if timeout < 1:
+        return Outcome(argv, error="no time left before the hook alarm (%ss) to run %s"
+                       % (cfg["alarm"], cmd))
+    log.debug("running %s (timeout %.0fs)" % (" ".join(argv), timeout))
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+    except (OSError, ValueError) as err:
+        return Outcome(argv, error="cannot run msrsave %s: %s"
+                       % (cfg["msrsave"], getattr(err, "strerror", None) or err))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        try:
+            proc.communicate(timeout=2)
+        except Exception:
+            pass
+        return Outcome(argv, error="%s timed out after %.0fs and was killed" % (cmd, timeout))
+    out = out.decode("utf-8", "replace")
+    err = err.decode("utf-8", "replace").strip()
+    data = parse_json_object(out)
+    if data is None:
+        tail = err.splitlines()[-1] if err else "nothing on stderr"
+        return Outcome(argv, code=proc.returncode, stderr=err,
+                       error="%s printed no JSON object (exit %s; %s)"
+                       % (cmd, proc.returncode, tail))
+    return Outcome(argv, code=proc.returncode, data=data, stderr=err)
+
+
+def parse_json_object(text):
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, dict) else None
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):  # tolerate stray lines before the object
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Vnodes and the offline marker
+
+def local_vnode_names(e):
+    """The vnodes of this host in e.vnode_list: the natural vnode (named after the host) and
+    host[N] vnodes of multi-vnode hosts. Other hosts' vnodes of the job are left alone."""
+    local = pbs.get_local_nodename()
+    names = []
+    for name in e.vnode_list.keys():
+        if name == local or name.startswith(local + "["):
+            names.append(name)
+    return local, sorted(names)
+
+
+def marker_path(cfg):
+    return os.path.join(cfg["hook_state_dir"], "offline.json")
+
+
+def read_marker(cfg, log):
+    path = marker_path(cfg)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict) and isinstance(data.get("vnodes"), list):
+            return data
+        log.error("offline marker %s is malformed; ignoring it" % path)
+    except (IOError, OSError) as err:
+        if getattr(err, "errno", None) != 2:
+            log.error("cannot read offline marker %s: %s" % (path, err))
+    except ValueError as err:
+        log.error("offline marker %s is not JSON (%s); ignoring it" % (path, err))
+    return None
+
+
+def write_marker(cfg, vnodes, reason, event_name, log):
+    path = marker_path(cfg)
+    data = {"vnodes": sorted(vnodes), "reason": reason, "event": event_name,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "comment_prefix": COMMENT_PREFIX}
+    try:
+        if not os.path.isdir(cfg["hook_state_dir"]):
+            os.makedirs(cfg["hook_state_dir"], 0o700)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except (IOError, OSError) as err:
+        log.error("cannot write offline marker %s: %s (the vnodes stay offline until an admin "
+                  "clears them)" % (path, err))
+
+
+def remove_marker(cfg, log):
+    try:
+        os.unlink(marker_path(cfg))
+    except OSError as err:
+        if err.errno != 2:
+            log.error("cannot remove offline marker %s: %s" % (marker_path(cfg), err))
+
+
+def vnode_attr(v, name):
+    try:
+        return getattr(v, name)
+    except Exception:
+        return None
+
+
+def is_offline(state):
+    if state is None:
+        return False
+    try:
+        return (int(state) & pbs.ND_OFFLINE) != 0
+    except (TypeError, ValueError):
+        return False
+
+
+def take_offline(e, cfg, reason, event_name, log):
+    """Offline every local vnode with a comment the hook owns, and record it in the marker.
+
+    A vnode someone else already put offline is left as it is (the hook never takes over an
+    admin's offline, so it never brings such a vnode back either); a vnode this hook already
+    holds offline gets the new reason."""
+    local, names = local_vnode_names(e)
+    if not names:
+        try:
+            e.vnode_list[local] = pbs.vnode(local)
+            names = [local]
+        except Exception as err:
+            log.error("cannot take %s offline: it is not in the event's vnode_list (%s): %s"
+                      % (local, err, reason))
+            return []
+    comment = (COMMENT_PREFIX + reason)
+    if len(comment) > MAX_COMMENT:
+        comment = comment[:MAX_COMMENT - 3] + "..."
+    marker = read_marker(cfg, log)
+    ours = set(marker["vnodes"]) if marker else set()
+    done = []
+    for name in names:
+        try:
+            v = e.vnode_list[name]
+            old_comment = vnode_attr(v, "comment")
+            if is_offline(vnode_attr(v, "state")):
+                owned = name in ours and (old_comment is None
+                                          or str(old_comment).startswith(COMMENT_PREFIX))
+                if not owned:
+                    log.error("vnode %s is already offline (comment %r), not by this hook: left "
+                              "as it is; %s" % (name, old_comment, reason))
+                    continue
+                if old_comment == comment:
+                    done.append(name)  # already offline for this very reason
+                    continue
+            v.state = pbs.ND_OFFLINE
+            v.comment = comment
+            done.append(name)
+            log.error("vnode %s taken offline: %s" % (name, reason))
+        except Exception as err:
+            log.error("cannot take vnode %s offline: %s" % (name, err))
+    if done:
+        write_marker(cfg, ours | set(done), reason, event_name, log)
+    return done
+
+
+def bring_back(e, cfg, log):
+    """After a clean check: free the vnodes this hook took offline (marker + owned comment)."""
+    marker = read_marker(cfg, log)
+    if marker is None:
+        return
+    keep = []
+    for name in marker["vnodes"]:
+        if name not in e.vnode_list.keys():
+            log.warning("vnode %s (taken offline by this hook) is not in vnode_list; "
+                        "left as it is" % name)
+            keep.append(name)
+            continue
+        v = e.vnode_list[name]
+        comment = vnode_attr(v, "comment")
+        state = vnode_attr(v, "state")
+        if comment is not None and not str(comment).startswith(COMMENT_PREFIX):
+            log.warning("vnode %s: comment is now %r, not this hook's; leaving the vnode to "
+                        "whoever changed it" % (name, comment))
+            continue
+        if state is not None and not is_offline(state):
+            log.debug("vnode %s is already back in service" % name)
+            continue
+        try:
+            v.state = pbs.ND_FREE
+            v.comment = None
+            log.warning("vnode %s back in service: MSR check clean (it was offline for: %s)"
+                        % (name, marker.get("reason")))
+        except Exception as err:
+            log.error("cannot bring vnode %s back: %s" % (name, err))
+            keep.append(name)
+    if keep:
+        write_marker(cfg, keep, marker.get("reason", ""), marker.get("event", ""), log)
+    else:
+        remove_marker(cfg, log)
+
+
+def active_jobs_in_state_dir(cfg):
+    try:
+        return sorted(n for n in os.listdir(os.path.join(cfg["state_dir"], "jobs"))
+                      if not n.startswith("."))
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Event handlers. Each ends by accepting or rejecting (SystemExit).
+
+def job_log(e, msg):
+    try:
+        pbs.logjobmsg(e.job.id, "%s: %s" % (HOOK_NAME, msg))
+    except Exception:
+        pass
+
+
+def on_job_begin(e, cfg, log, event_name):
+    job_id = str(e.job.id)
+    res = run_msrsave(cfg, ["job", "begin", job_id, "--state-dir", cfg["state_dir"]], log)
+    if res.ok:
+        d = res.data
+        log.debug("job %s: snapshot %s, jobs on this host: %s"
+                  % (job_id, d.get("snapshot"), ",".join(d.get("active_jobs") or [])))
+        e.accept()
+    why = "cannot snapshot MSRs for job %s: %s" % (job_id, res.describe())
+    log.error(why)
+    job_log(e, why)
+    policy = cfg["on_snapshot_failure"]
+    if policy == "accept":
+        log.warning("job %s runs without an MSR snapshot (on_snapshot_failure = accept)" % job_id)
+        e.accept()
+    if policy == "offline":
+        take_offline(e, cfg, why, event_name, log)
+    e.reject(why)
+
+
+def on_job_end(e, cfg, log, event_name):
+    job_id = str(e.job.id)
+    res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
+    if res.ok:
+        d = res.data
+        restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
+        if restore:
+            log.debug("job %s: last job on this host, MSRs restored (%s written, %s unchanged, "
+                      "%s verified)" % (job_id, restore.get("written"), restore.get("unchanged"),
+                                        restore.get("verified")))
+        else:
+            log.debug("job %s: %s" % (job_id, d.get("note") or "other jobs still on this host: "
+                                      + ",".join(d.get("active_jobs") or [])))
+        e.accept()
+    why = "MSR restore failed after job %s: %s" % (job_id, res.describe())
+    log.error(why)
+    job_log(e, why)
+    if cfg["on_restore_failure"] == "offline":
+        take_offline(e, cfg, why, event_name, log)
+    e.accept()  # the job itself is not at fault: keep its exit status
+
+
+def jobs_on_host(e, cfg):
+    jobs = []
+    try:
+        jobs = sorted(str(j) for j in e.job_list.keys())
+    except Exception:
+        pass
+    return sorted(set(jobs) | set(active_jobs_in_state_dir(cfg)))
+
+
+def take_baseline(cfg, log, why):
+    parent = os.path.dirname(cfg["baseline"])
+    try:
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o755)
+    except OSError as err:
+        log.error("cannot create %s for the baseline: %s" % (parent, err))
+        return False
+    res = run_msrsave(cfg, ["save", cfg["baseline"]], log)
+    if res.ok:
+        log.debug("baseline %s taken (%s): %s MSRs on %s CPUs"
+                  % (cfg["baseline"], why, res.data.get("msrs"), res.data.get("cpus")))
+        return True
+    log.error("cannot take the baseline %s: %s" % (cfg["baseline"], res.describe()))
+    return False
+
+
+def on_periodic(e, cfg, log, event_name):
+    jobs = jobs_on_host(e, cfg)
+    if jobs:
+        log.debug("drift check skipped: job(s) %s on this host" % ",".join(jobs))
+        e.accept()
+    if not os.path.exists(cfg["baseline"]):
+        log.warning("no baseline %s (exechost_startup did not run or failed); taking it now "
+                    "on an idle host" % cfg["baseline"])
+        take_baseline(cfg, log, "first idle periodic check")
+        e.accept()
+    args = ["check", cfg["baseline"]]
+    if cfg["prometheus"]:
+        args += ["--prometheus", cfg["prometheus"]]
+    res = run_msrsave(cfg, args, log)
+    d = res.data if isinstance(res.data, dict) else {}
+    if res.error is None and d.get("clean") is True and res.code == 0:
+        log.debug("MSR check clean against %s" % cfg["baseline"])
+        bring_back(e, cfg, log)
+        e.accept()
+    if res.error is None and d.get("clean") is False:
+        why = "MSR drift: %s" % (d.get("summary") or "%s register(s) differ from %s"
+                                 % (d.get("drifted"), cfg["baseline"]))
+        if cfg["on_drift"] == "offline":
+            log.error(why)
+            take_offline(e, cfg, why, event_name, log)
+        else:
+            log.warning(why + " (on_drift = log: the host stays in service)")
+        e.accept()
+    # The check itself could not run: say so, leave the vnode state alone.
+    log.error("MSR drift check could not run: %s" % res.describe())
+    e.accept()
+
+
+def on_startup(e, cfg, log, event_name):
+    if cfg["load_allowlist"]:
+        res = run_msrsave(cfg, ["allowlist", "load", "--auto"], log)
+        if res.ok:
+            log.debug("allowlist loaded: %s" % (res.data.get("file") or res.data.get("list")
+                                                or "ok"))
+        else:
+            why = "cannot load the MSR allowlist: %s" % res.describe()
+            log.error(why)
+            take_offline(e, cfg, why, event_name, log)
+            e.accept()
+    if cfg["baseline_on_startup"]:
+        jobs = active_jobs_in_state_dir(cfg)
+        if jobs:
+            log.warning("job(s) %s still hold this host (mom restarted under running jobs): "
+                        "baseline %s kept" % (",".join(jobs), cfg["baseline"]))
+        else:
+            take_baseline(cfg, log, "mom start")
+    e.accept()
+
+
+def event_names():
+    names = {}
+    for attr in ("EXECJOB_BEGIN", "EXECJOB_PROLOGUE", "EXECJOB_EPILOGUE", "EXECJOB_END",
+                 "EXECHOST_PERIODIC", "EXECHOST_STARTUP", "PERIODIC"):
+        if hasattr(pbs, attr):
+            names[getattr(pbs, attr)] = attr.lower()
+    return names
+
+
+def fallback(e, event_type, cfg, log, event_name):
+    """After an unexpected exception: the safe outcome for the event. A job start is refused
+    (requeued) unless the site said to run jobs without a snapshot; a job end takes the host
+    offline unless the site said to only log."""
+    if cfg is None:
+        cfg = dict(DEFAULTS)
+    why = "internal error in the msr-restore hook during %s (see the mom log)" % event_name
+    if event_type in (pbs.EXECJOB_BEGIN, pbs.EXECJOB_PROLOGUE):
+        if cfg.get("on_snapshot_failure") == "accept":
+            e.accept()
+        if cfg.get("on_snapshot_failure") == "offline":
+            try:
+                take_offline(e, cfg, why, event_name, log)
+            except Exception as err:
+                log.error("while recovering: cannot take the host offline: %r" % (err,))
+        e.reject(why)
+    if event_type in (pbs.EXECJOB_EPILOGUE, pbs.EXECJOB_END):
+        if cfg.get("on_restore_failure") == "offline":
+            take_offline(e, cfg, why, event_name, log)
+    e.accept()
+
+
+def main():
+    e = pbs.event()
+    cfg = None
+    event_type = None
+    event_name = "unknown event"
+    log = LOG
+    try:
+        event_type = e.type
+        event_name = event_names().get(event_type, "event %r" % (event_type,))
+        log.prefix = "%s[%s] %s" % (HOOK_NAME, e.hook_name, event_name)
+        handlers = {
+            pbs.EXECJOB_BEGIN: on_job_begin,
+            pbs.EXECJOB_PROLOGUE: on_job_begin,
+            pbs.EXECJOB_EPILOGUE: on_job_end,
+            pbs.EXECJOB_END: on_job_end,
+            pbs.EXECHOST_PERIODIC: on_periodic,
+            pbs.EXECHOST_STARTUP: on_startup,
+        }
+        handler = handlers.get(event_type)
+        if handler is None:
+            # e.g. the server-side pbs.PERIODIC run that 'freq' also triggers
+            log.debug("nothing to do for this event")
+            e.accept()
+        cfg = load_config(pbs.hook_config_filename, log)
+        handler(e, cfg, log, event_name)
+        e.accept()
+    except Exception:
+        for line in traceback.format_exc().splitlines():
+            log.error(line)
+        try:
+            fallback(e, event_type, cfg, log, event_name)
+        except Exception:
+            log.error("while recovering: %s" % traceback.format_exc().splitlines()[-1])
+            e.accept()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (outside PBS): validate a config file.
+
+def cli(argv):
+    global CLI_MODE
+    CLI_MODE = True
+    usage = ("usage: msr_restore_hook.py --check-config FILE [--get KEY]\n"
+             "  validate a hook config file and print the effective settings as JSON\n"
+             "  (or one setting with --get); exit 1 if the file has errors\n")
+    if len(argv) < 2 or argv[0] != "--check-config":
+        sys.stderr.write(usage)
+        return 2
+    log = Log("%s config" % HOOK_NAME)
+    if len(argv) == 4 and argv[2] == "--get":
+        cfg = load_config(argv[1], log)
+        if argv[3] not in cfg:
+            sys.stderr.write("unknown key %s\n" % argv[3])
+            return 2
+        value = cfg[argv[3]]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        sys.stdout.write("%s\n" % (json.dumps(value) if not isinstance(value, str) else value))
+    elif len(argv) == 2:
+        cfg = load_config(argv[1], log)
+        sys.stdout.write(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
+    else:
+        sys.stderr.write(usage)
+        return 2
+    return 1 if any(level == "error" for level, _ in log.lines) else 0
+
+
+if getattr(sys, "argv", None) and len(sys.argv) > 1 and sys.argv[1] == "--check-config":
+    sys.exit(cli(sys.argv[1:]))
+elif pbs is not None:
+    main()
+else:
+    sys.stderr.write("msr_restore_hook.py runs inside PBS as a hook; outside PBS only "
+                     "'--check-config FILE' is available\n")
+    sys.exit(2)

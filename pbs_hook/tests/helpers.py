@@ -1,0 +1,240 @@
+"""Shared test plumbing: an emulated node made by the real msrsave, hook runs under the stand-in
+`pbs` module, hook config files."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+PBS_HOOK = os.path.dirname(TESTS)
+REPO = os.path.dirname(PBS_HOOK)
+HOOK = os.path.join(PBS_HOOK, "msr_restore_hook.py")
+STANDIN = os.path.join(TESTS, "standin")
+FAKE_MSRSAVE = os.path.join(TESTS, "fake_msrsave")
+ALLOWLIST = os.path.join(TESTS, "fixtures", "allowlist")
+
+# pbs constants the tests compare with (same values as the stand-in and OpenPBS)
+ND_FREE = 0x00
+ND_OFFLINE = 0x01
+ND_JOBBUSY = 0x10
+LOG_DEBUG, LOG_WARNING, LOG_ERROR = 0x5, 0x6, 0x7
+
+# Registers of the fixture allowlist with a write mask (the job changes these).
+PERF_CTL = 0x199
+CLOCK_MOD = 0x19A
+PKG_POWER_LIMIT = 0x610
+CPUS = 4
+
+
+def msrsave_path():
+    """The real msrsave (run.sh exports MSRSAVE), or None."""
+    path = os.environ.get("MSRSAVE")
+    if not path:
+        for cand in (os.path.join(REPO, "target", "debug", "msrsave"),
+                     os.path.join(REPO, "target", "release", "msrsave")):
+            if os.access(cand, os.X_OK):
+                return cand
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def needs_msrsave(cls):
+    """Class decorator: these tests run the real msrsave."""
+    if msrsave_path() is None and not os.environ.get("MSR_RESTORE_PBS_REQUIRE_MSRSAVE"):
+        return unittest.skip("the real msrsave is not built (run pbs_hook/tests/run.sh, or set "
+                             "MSRSAVE)")(cls)
+    return cls
+
+
+class HookResult(object):
+    def __init__(self, data, proc, elapsed):
+        self.data = data
+        self.proc = proc
+        self.elapsed = elapsed
+        self.outcome = data.get("outcome")
+        self.reject_msg = data.get("reject_msg")
+        self.logs = data.get("logs", [])
+        self.job_logs = data.get("job_logs", [])
+        self.vnodes = data.get("vnodes", {})
+
+    def log_text(self, level=None):
+        return "\n".join(m for lv, m in self.logs if level is None or lv == level)
+
+    def __repr__(self):
+        return "HookResult(outcome=%r, reject=%r, vnodes=%r,\n logs=\n  %s\n stderr=%s)" % (
+            self.outcome, self.reject_msg, self.vnodes,
+            "\n  ".join("%s %s" % (lv, m) for lv, m in self.logs),
+            self.proc.stderr.decode("utf-8", "replace")[-2000:])
+
+
+class NodeTestCase(unittest.TestCase):
+    """A temp directory with an emulated node (when msrsave is there) and hook settings."""
+
+    local = "node1"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="msr-restore-pbs-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.root = os.path.join(self.tmp, "root")
+        self.state_dir = os.path.join(self.tmp, "state")
+        self.hook_state_dir = os.path.join(self.tmp, "hookstate")
+        self.baseline = os.path.join(self.tmp, "var", "baseline.json")
+        self.fake_log = os.path.join(self.tmp, "fake_msrsave.log")
+        self.msrsave = msrsave_path()
+        self.env = dict(os.environ)
+        self.env.pop("PBS_HOOK_CONFIG_FILE", None)
+        self.env.pop("MSR_RESTORE_CONFIG", None)
+        self.env["FAKE_MSRSAVE_LOG"] = self.fake_log
+
+    # --- the emulated node -------------------------------------------------------------------
+
+    def emulate(self):
+        out = subprocess.run([self.msrsave, "emulate", self.root, "--cpus", str(CPUS),
+                              "--allowlist", ALLOWLIST], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=self.env, timeout=60)
+        self.assertEqual(out.returncode, 0, "msrsave emulate failed: %s %s"
+                         % (out.stdout, out.stderr))
+
+    def reg_file(self, cpu):
+        base = os.path.join(self.root, "dev", "cpu", str(cpu))
+        for name in ("msr_safe", "msr"):
+            path = os.path.join(base, name)
+            if os.path.exists(path):
+                return path
+        self.fail("no emulated register file under %s" % base)
+
+    def read_msr(self, cpu, addr):
+        with open(self.reg_file(cpu), "rb") as f:
+            f.seek(8 * addr)
+            raw = f.read(8)
+        return struct.unpack("<Q", raw.ljust(8, b"\0"))[0]
+
+    def write_msr(self, cpu, addr, value):
+        """What a job does: change a register behind msrsave's back."""
+        with open(self.reg_file(cpu), "r+b") as f:
+            f.seek(8 * addr)
+            f.write(struct.pack("<Q", value))
+
+    def registers(self):
+        return dict(((cpu, addr), self.read_msr(cpu, addr)) for cpu in range(CPUS)
+                    for addr in (PERF_CTL, CLOCK_MOD, PKG_POWER_LIMIT))
+
+    def job_changes_registers(self):
+        """Change writable bits on every CPU (values differ from whatever is there)."""
+        for cpu in range(CPUS):
+            self.write_msr(cpu, PERF_CTL, self.read_msr(cpu, PERF_CTL) ^ 0x0A00)
+            self.write_msr(cpu, CLOCK_MOD, self.read_msr(cpu, CLOCK_MOD) ^ 0x11)
+        self.write_msr(0, PKG_POWER_LIMIT, self.read_msr(0, PKG_POWER_LIMIT) ^ 0x00000000000080FF)
+
+    # --- hook config and runs ------------------------------------------------------------------
+
+    def config(self, **overrides):
+        cfg = {
+            "msrsave": self.msrsave or FAKE_MSRSAVE,
+            "root": self.root,
+            "state_dir": self.state_dir,
+            "baseline": self.baseline,
+            "hook_state_dir": self.hook_state_dir,
+            "msr_restore_conf": os.path.join(self.tmp, "no-msr-restore.conf"),
+            "alarm": 30,
+            "timeout": 20,
+        }
+        cfg.update(overrides)
+        for key in [k for k, v in cfg.items() if v is None]:
+            del cfg[key]
+        path = os.path.join(self.tmp, "hook_config_%d.json" % len(os.listdir(self.tmp)))
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        return path
+
+    def fake_config(self, mode, **overrides):
+        """Config for a run with the fake msrsave (failure cases only)."""
+        self.env["FAKE_MSRSAVE_MODE"] = mode
+        overrides.setdefault("msrsave", FAKE_MSRSAVE)
+        return self.config(**overrides)
+
+    def run_hook(self, event, job_id=None, config=None, vnodes=None, job_list=None,
+                 in_ms_mom=True, alarm=30, hook_name=None, local=""):
+        """Run the hook as pbs_mom would (a separate Python process) for one event.
+        local=None makes pbs.get_local_nodename() return None (to provoke internal errors)."""
+        if local == "":
+            local = self.local
+        spec = {"type": event, "alarm": alarm, "local_nodename": local,
+                "hook_name": hook_name or ("msr_restore_begin" if event in (
+                    "execjob_prologue", "execjob_begin", "exechost_startup")
+                    else "msr_restore_end" if event in ("execjob_epilogue", "execjob_end")
+                    else "msr_restore_check")}
+        if vnodes is None:
+            vnodes = {local or self.local: {"state": ND_FREE, "comment": None}}
+        spec["vnode_list"] = vnodes
+        if job_id is not None:
+            spec["job"] = {"id": job_id, "euser": "alice", "egroup": "users",
+                           "exec_vnode": "(%s:ncpus=4)" % (local or self.local), "run_count": 1,
+                           "in_ms_mom": in_ms_mom, "Resource_List": {"ncpus": 4}}
+        if job_list is not None:
+            spec["job_list"] = dict((j, {"euser": "alice"}) for j in job_list)
+        n = len(os.listdir(self.tmp))
+        spec_path = os.path.join(self.tmp, "event_%d.json" % n)
+        result_path = os.path.join(self.tmp, "result_%d.json" % n)
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        env = dict(self.env)
+        env["PYTHONPATH"] = STANDIN
+        env["PBS_STANDIN_EVENT"] = spec_path
+        env["PBS_STANDIN_RESULT"] = result_path
+        if config is not None:
+            env["PBS_HOOK_CONFIG_FILE"] = config
+        start = time.time()
+        proc = subprocess.run([sys.executable, HOOK], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, timeout=alarm + 30,
+                              cwd=self.tmp)
+        elapsed = time.time() - start
+        try:
+            with open(result_path) as f:
+                data = json.load(f)
+        except (IOError, ValueError):
+            self.fail("the hook left no result (exit %s): %s" % (
+                proc.returncode, proc.stderr.decode("utf-8", "replace")))
+        res = HookResult(data, proc, elapsed)
+        # Whatever happens, no exception may leave the hook, and it must finish before its alarm.
+        self.assertNotEqual(res.outcome, "exception", "an exception escaped the hook: %s\n%r"
+                            % (data.get("traceback"), res))
+        self.assertNotEqual(res.outcome, "alarm", "the hook ran into its alarm: %r" % res)
+        return res
+
+    def marker(self):
+        path = os.path.join(self.hook_state_dir, "offline.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def fake_calls(self):
+        if not os.path.exists(self.fake_log):
+            return []
+        with open(self.fake_log) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def assertAccepted(self, res):
+        self.assertEqual(res.outcome, "accept", repr(res))
+
+    def assertRejected(self, res):
+        self.assertEqual(res.outcome, "reject", repr(res))
+
+    def assertOffline(self, res, name=None, contains=None):
+        name = name or self.local
+        v = res.vnodes[name]
+        self.assertEqual(v["state"], ND_OFFLINE, repr(res))
+        self.assertTrue((v["comment"] or "").startswith("msr-restore: "), repr(res))
+        if contains:
+            self.assertIn(contains, v["comment"], repr(res))
+
+    def assertUntouched(self, res, name=None):
+        name = name or self.local
+        self.assertEqual(res.vnodes[name]["set"], [], repr(res))

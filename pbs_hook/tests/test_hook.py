@@ -1,0 +1,541 @@
+"""The PBS hook under the stand-in `pbs` module: the success paths on an emulated node with the
+real msrsave, the failure paths with the real msrsave where it can fail for real, and with a fake
+msrsave for what cannot be produced otherwise (a hang, garbage output)."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+from helpers import (ALLOWLIST, CPUS, FAKE_MSRSAVE, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
+                     ND_FREE, ND_JOBBUSY, ND_OFFLINE, PERF_CTL, NodeTestCase, needs_msrsave)
+
+
+@needs_msrsave
+class JobCycleTests(NodeTestCase):
+    """Prologue / epilogue / end with the real msrsave on an emulated node."""
+
+    def setUp(self):
+        NodeTestCase.setUp(self)
+        self.emulate()
+        self.cfg = self.config()
+
+    def test_prologue_then_epilogue_restores_changed_registers(self):
+        before = self.registers()
+        res = self.run_hook("execjob_prologue", "101.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertTrue(os.path.isdir(os.path.join(self.state_dir, "jobs")))
+
+        self.job_changes_registers()
+        self.assertNotEqual(self.registers(), before)
+
+        res = self.run_hook("execjob_epilogue", "101.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertEqual(self.registers(), before)
+        self.assertIn("MSRs restored", res.log_text(LOG_DEBUG))
+        self.assertEqual(res.log_text(LOG_ERROR), "")
+        self.assertIsNone(self.marker())
+
+    def test_end_after_epilogue_is_idempotent(self):
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_prologue", "102.pbs", self.cfg))
+        self.job_changes_registers()
+        self.assertAccepted(self.run_hook("execjob_epilogue", "102.pbs", self.cfg))
+        self.assertEqual(self.registers(), before)
+
+        res = self.run_hook("execjob_end", "102.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertEqual(self.registers(), before)
+        self.assertEqual(res.log_text(LOG_ERROR), "")
+        # and once more: a retried end hook changes nothing either
+        res = self.run_hook("execjob_end", "102.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+
+    def test_epilogue_after_rejected_prologue(self):
+        """The prologue failed (msrsave could not run) and was rejected; PBS still runs the
+        epilogue and end: they accept, with nothing to restore, and leave the vnode alone."""
+        broken = self.config(msrsave=os.path.join(self.tmp, "no-such-msrsave"),
+                             on_snapshot_failure="reject")
+        res = self.run_hook("execjob_prologue", "103.pbs", broken)
+        self.assertRejected(res)
+        self.assertIn("cannot snapshot MSRs for job 103.pbs", res.reject_msg)
+        self.assertUntouched(res)  # on_snapshot_failure = reject: no offline
+
+        for event in ("execjob_epilogue", "execjob_end"):
+            res = self.run_hook(event, "103.pbs", self.cfg)
+            self.assertAccepted(res)
+            self.assertUntouched(res)
+            self.assertEqual(res.log_text(LOG_ERROR), "")
+
+    def test_qdel_of_queued_job_end_without_prologue(self):
+        """qdel before the job ran anywhere: only execjob_end runs; nothing to restore."""
+        before = self.registers()
+        res = self.run_hook("execjob_end", "104.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertEqual(self.registers(), before)
+
+    def test_qdel_of_running_job_on_sister_restores_in_end(self):
+        """A killed job on a sister: prologue ran there, the epilogue does not, execjob_end
+        restores. Only this host's vnodes are in play."""
+        self.local = "node2"
+        vnodes = {"node1": {"state": ND_JOBBUSY}, "node2": {"state": ND_JOBBUSY}}
+        before = self.registers()
+        res = self.run_hook("execjob_prologue", "105.pbs", self.cfg, vnodes=vnodes,
+                            in_ms_mom=False)
+        self.assertAccepted(res)
+        self.job_changes_registers()
+        res = self.run_hook("execjob_end", "105.pbs", self.cfg, vnodes=vnodes, in_ms_mom=False)
+        self.assertAccepted(res)
+        self.assertEqual(self.registers(), before)
+        self.assertUntouched(res, "node1")
+        self.assertUntouched(res, "node2")
+
+    def test_shared_node_restores_after_last_job(self):
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_prologue", "201.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "202.pbs", self.cfg))
+        self.job_changes_registers()
+        changed = self.registers()
+        self.assertAccepted(self.run_hook("execjob_epilogue", "201.pbs", self.cfg))
+        self.assertEqual(self.registers(), changed, "restored while job 202 still runs")
+        self.assertAccepted(self.run_hook("execjob_epilogue", "202.pbs", self.cfg))
+        self.assertEqual(self.registers(), before)
+
+    def test_execjob_begin_is_handled_like_prologue(self):
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_begin", "106.pbs", self.cfg))
+        # the prologue after it is a repeated begin: recorded once
+        self.assertAccepted(self.run_hook("execjob_prologue", "106.pbs", self.cfg))
+        self.job_changes_registers()
+        self.assertAccepted(self.run_hook("execjob_epilogue", "106.pbs", self.cfg))
+        self.assertEqual(self.registers(), before)
+
+    def test_requeued_job_begins_again(self):
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_prologue", "107.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "107.pbs", self.cfg))
+        self.job_changes_registers()
+        self.assertAccepted(self.run_hook("execjob_epilogue", "107.pbs", self.cfg))
+        self.assertEqual(self.registers(), before)
+
+    def test_restore_that_fails_takes_the_node_offline(self):
+        """A register that cannot be written back (the emulated file made read-only, i.e. the
+        device refuses the write) fails the restore: the epilogue offlines the vnode itself."""
+        self.assertAccepted(self.run_hook("execjob_prologue", "108.pbs", self.cfg))
+        self.job_changes_registers()
+        for cpu in range(CPUS):
+            os.chmod(self.reg_file(cpu), 0o444)
+        if os.geteuid() == 0:
+            # root ignores file modes: take the CPU's register file away instead
+            os.rename(self.reg_file(3), self.reg_file(3) + ".gone")
+        res = self.run_hook("execjob_epilogue", "108.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="MSR restore failed after job 108.pbs")
+        self.assertEqual(self.marker()["vnodes"], [self.local])
+        self.assertTrue(any(j == "108.pbs" and "MSR restore failed" in m
+                            for j, m in res.job_logs), repr(res))
+
+
+@needs_msrsave
+class HealthTests(NodeTestCase):
+    """exechost_startup baseline and exechost_periodic drift checks with the real msrsave."""
+
+    def setUp(self):
+        NodeTestCase.setUp(self)
+        self.emulate()
+        self.cfg = self.config()
+
+    def startup(self):
+        res = self.run_hook("exechost_startup", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertTrue(os.path.exists(self.baseline), repr(res))
+        return res
+
+    def test_startup_takes_a_baseline(self):
+        res = self.startup()
+        self.assertUntouched(res)
+        self.assertIn("baseline", res.log_text(LOG_DEBUG))
+
+    def test_periodic_drift_offlines_and_clean_check_frees(self):
+        self.startup()
+        original = self.read_msr(1, PERF_CTL)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+
+        self.write_msr(1, PERF_CTL, original ^ 0x0C00)  # drift, with no job on the host
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="MSR drift")
+        self.assertIn("MSR drift", res.log_text(LOG_ERROR))
+        marker = self.marker()
+        self.assertEqual(marker["vnodes"], [self.local])
+        offline = {self.local: {"state": ND_OFFLINE, "comment": res.vnodes[self.local]["comment"]}}
+
+        # still drifted: stays offline, the same comment is not rewritten
+        res = self.run_hook("exechost_periodic", config=self.cfg, vnodes=offline)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+
+        self.write_msr(1, PERF_CTL, original)  # an admin fixed it
+        res = self.run_hook("exechost_periodic", config=self.cfg, vnodes=offline)
+        self.assertAccepted(res)
+        self.assertEqual(res.vnodes[self.local]["state"], ND_FREE, repr(res))
+        self.assertIsNone(res.vnodes[self.local]["comment"])
+        self.assertIsNone(self.marker())
+        self.assertIn("back in service", res.log_text(LOG_WARNING))
+
+    def test_clean_check_leaves_an_admins_offline_alone(self):
+        self.startup()
+        res = self.run_hook("exechost_periodic", config=self.cfg,
+                            vnodes={self.local: {"state": ND_OFFLINE,
+                                                 "comment": "disk replacement"}})
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+
+    def test_drift_does_not_take_over_an_admins_offline(self):
+        self.startup()
+        self.write_msr(0, PERF_CTL, self.read_msr(0, PERF_CTL) ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=self.cfg,
+                            vnodes={self.local: {"state": ND_OFFLINE,
+                                                 "comment": "disk replacement"}})
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIsNone(self.marker())
+
+    def test_comment_changed_by_admin_is_not_freed(self):
+        self.startup()
+        self.write_msr(2, PERF_CTL, self.read_msr(2, PERF_CTL) ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertOffline(res)
+        self.write_msr(2, PERF_CTL, self.read_msr(2, PERF_CTL) ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=self.cfg,
+                            vnodes={self.local: {"state": ND_OFFLINE,
+                                                 "comment": "investigating MSRs -- bob"}})
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIsNone(self.marker(), "the admin owns the vnode now")
+
+    def test_periodic_skips_the_check_while_jobs_run(self):
+        self.startup()
+        self.assertAccepted(self.run_hook("execjob_prologue", "301.pbs", self.cfg))
+        self.job_changes_registers()
+        # the job is in e.job_list and in the state dir: no drift check
+        res = self.run_hook("exechost_periodic", config=self.cfg, job_list=["301.pbs"])
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("skipped", res.log_text(LOG_DEBUG))
+        # the state dir alone is enough (e.g. the mom lost track of the job)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertAccepted(self.run_hook("execjob_epilogue", "301.pbs", self.cfg))
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertEqual(res.log_text(LOG_ERROR), "")
+
+    def test_periodic_without_baseline_takes_one(self):
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertTrue(os.path.exists(self.baseline))
+        self.assertIn("no baseline", res.log_text(LOG_WARNING))
+
+    def test_drift_with_on_drift_log_keeps_the_node(self):
+        cfg = self.config(on_drift="log")
+        self.assertAccepted(self.run_hook("exechost_startup", config=cfg))
+        self.write_msr(0, PERF_CTL, self.read_msr(0, PERF_CTL) ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("MSR drift", res.log_text(LOG_WARNING))
+
+    def test_startup_keeps_baseline_while_jobs_hold_the_node(self):
+        self.startup()
+        with open(self.baseline, "rb") as f:
+            first = f.read()
+        self.assertAccepted(self.run_hook("execjob_prologue", "302.pbs", self.cfg))
+        self.job_changes_registers()
+        res = self.run_hook("exechost_startup", config=self.cfg)  # mom restarted under the job
+        self.assertAccepted(res)
+        with open(self.baseline, "rb") as f:
+            self.assertEqual(f.read(), first)
+        self.assertIn("302.pbs", res.log_text(LOG_WARNING))
+
+    def test_startup_allowlist_load(self):
+        cfg = self.config(load_allowlist=True)
+        res = self.run_hook("exechost_startup", config=cfg)
+        self.assertAccepted(res)
+        calls = res.log_text(LOG_DEBUG)
+        self.assertIn("allowlist load --auto", calls)
+
+
+class FailureTests(NodeTestCase):
+    """msrsave missing, hanging, printing garbage, refusing: the hook still ends in time with
+    the safe outcome and a clear log line. A fake msrsave plays the hang and the garbage."""
+
+    def test_msrsave_missing_prologue_rejects_and_offlines(self):
+        cfg = self.config(msrsave=os.path.join(self.tmp, "bin", "msrsave"))
+        res = self.run_hook("execjob_prologue", "401.pbs", cfg)
+        self.assertRejected(res)
+        self.assertIn("cannot run msrsave", res.reject_msg)
+        self.assertOffline(res, contains="cannot snapshot MSRs for job 401.pbs")
+        self.assertEqual(self.marker()["vnodes"], [self.local])
+        self.assertTrue(res.job_logs)
+
+    def test_msrsave_missing_prologue_accept_policy(self):
+        cfg = self.config(msrsave=os.path.join(self.tmp, "bin", "msrsave"),
+                          on_snapshot_failure="accept")
+        res = self.run_hook("execjob_prologue", "402.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("runs without an MSR snapshot", res.log_text(LOG_WARNING))
+
+    def test_msrsave_missing_epilogue_offlines_and_accepts(self):
+        cfg = self.config(msrsave=os.path.join(self.tmp, "bin", "msrsave"))
+        res = self.run_hook("execjob_epilogue", "403.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="MSR restore failed after job 403.pbs")
+        self.assertIn("cannot run msrsave", res.log_text(LOG_ERROR))
+
+    def test_msrsave_missing_periodic_logs_and_leaves_the_node(self):
+        os.makedirs(os.path.dirname(self.baseline))
+        with open(self.baseline, "w") as f:
+            f.write("{}")
+        cfg = self.config(msrsave=os.path.join(self.tmp, "bin", "msrsave"))
+        res = self.run_hook("exechost_periodic", config=cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("drift check could not run", res.log_text(LOG_ERROR))
+
+    def test_msrsave_timeout_prologue(self):
+        cfg = self.fake_config("sleep", timeout=2, alarm=8)
+        res = self.run_hook("execjob_prologue", "404.pbs", cfg, alarm=8)
+        self.assertRejected(res)
+        self.assertIn("timed out after 2s", res.reject_msg)
+        self.assertLess(res.elapsed, 8)
+        self.assertOffline(res)
+
+    def test_msrsave_timeout_epilogue(self):
+        cfg = self.fake_config("sleep", timeout=2, alarm=8)
+        res = self.run_hook("execjob_epilogue", "405.pbs", cfg, alarm=8)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="timed out")
+        self.assertLess(res.elapsed, 8)
+
+    def test_timeout_above_alarm_is_clamped(self):
+        """A timeout that would run into the alarm is brought below it (and said so)."""
+        cfg = self.fake_config("sleep", timeout=60, alarm=7)
+        res = self.run_hook("execjob_end", "406.pbs", cfg, alarm=7)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="timed out")
+        self.assertIn("does not leave", res.log_text(LOG_ERROR))
+
+    def test_msrsave_bad_json(self):
+        cfg = self.fake_config("badjson")
+        res = self.run_hook("execjob_epilogue", "407.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="printed no JSON")
+
+    def test_msrsave_crash_without_output(self):
+        cfg = self.fake_config("empty")
+        res = self.run_hook("execjob_prologue", "408.pbs", cfg)
+        self.assertRejected(res)
+        self.assertIn("exit 101", res.reject_msg)
+        self.assertIn("crashed before printing anything", res.reject_msg)
+
+    def test_restore_failure_names_registers_on_sister_only(self):
+        self.local = "node2"
+        vnodes = {"node1": {"state": ND_JOBBUSY}, "node2": {"state": ND_JOBBUSY},
+                  "node2[1]": {"state": ND_JOBBUSY}, "node20": {"state": ND_JOBBUSY}}
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_end", "409.pbs", cfg, vnodes=vnodes, in_ms_mom=False)
+        self.assertAccepted(res)
+        self.assertOffline(res, "node2", contains="IA32_PERF_CTL")
+        self.assertOffline(res, "node2[1]")
+        self.assertUntouched(res, "node1")
+        self.assertUntouched(res, "node20")
+        self.assertEqual(self.marker()["vnodes"], ["node2", "node2[1]"])
+
+    def test_restore_failure_with_on_restore_failure_log(self):
+        cfg = self.fake_config("fail", on_restore_failure="log")
+        res = self.run_hook("execjob_epilogue", "410.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("MSR restore failed", res.log_text(LOG_ERROR))
+
+    def test_msrsave_error_object(self):
+        cfg = self.fake_config("error")
+        res = self.run_hook("execjob_prologue", "411.pbs", cfg)
+        self.assertRejected(res)
+        self.assertIn("state directory /nonexistent: not a directory", res.reject_msg)
+
+    def test_local_vnode_missing_from_vnode_list_is_added(self):
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_epilogue", "412.pbs", cfg,
+                            vnodes={"othernode": {"state": ND_JOBBUSY}})
+        self.assertAccepted(res)
+        self.assertOffline(res)
+        self.assertUntouched(res, "othernode")
+
+    def test_internal_error_never_escapes(self):
+        """get_local_nodename() giving None makes the vnode code fail: the prologue is rejected
+        and the epilogue accepted, with the traceback in the log, never an exception."""
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_prologue", "413.pbs", cfg, local=None)
+        self.assertRejected(res)
+        self.assertIn("internal error", res.reject_msg)
+        self.assertIn("Traceback", res.log_text(LOG_ERROR))
+        res = self.run_hook("execjob_epilogue", "413.pbs", cfg, local=None)
+        self.assertAccepted(res)
+        self.assertIn("Traceback", res.log_text(LOG_ERROR))
+
+    def test_server_periodic_event_does_nothing(self):
+        """'freq' also makes the server run the script with e.type == pbs.PERIODIC."""
+        cfg = self.fake_config("ok")
+        res = self.run_hook("periodic", config=cfg)
+        self.assertAccepted(res)
+        self.assertEqual(self.fake_calls(), [])
+
+    def test_uninteresting_event_types_are_accepted(self):
+        cfg = self.fake_config("ok")
+        res = self.run_hook("execjob_launch", "414.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertEqual(self.fake_calls(), [])
+
+    def test_root_and_state_dir_are_passed(self):
+        cfg = self.fake_config("ok")
+        self.assertAccepted(self.run_hook("execjob_prologue", "415.pbs", cfg))
+        self.assertAccepted(self.run_hook("execjob_end", "415.pbs", cfg))
+        calls = self.fake_calls()
+        self.assertEqual(calls[0], ["--json", "--root", self.root, "job", "begin", "415.pbs",
+                                    "--state-dir", self.state_dir])
+        self.assertEqual(calls[1], ["--json", "--root", self.root, "job", "end", "415.pbs",
+                                    "--state-dir", self.state_dir])
+
+    def test_no_root_for_a_real_node(self):
+        cfg = self.fake_config("ok", root="")
+        self.assertAccepted(self.run_hook("execjob_prologue", "416.pbs", cfg))
+        self.assertEqual(self.fake_calls()[0][:3], ["--json", "job", "begin"])
+
+
+class ConfigTests(NodeTestCase):
+    """Missing or malformed hook config: one clear log line, safe defaults."""
+
+    def write(self, text):
+        path = os.path.join(self.tmp, "broken.json")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_malformed_json_logs_and_uses_defaults(self):
+        path = self.write('{"msrsave": "/usr/bin/msrsave", "timeout": 10,,}')
+        # a job on the host: periodic does nothing else, so the defaults touch nothing real
+        res = self.run_hook("exechost_periodic", config=path, job_list=["1.pbs"])
+        self.assertAccepted(res)
+        errors = res.log_text(LOG_ERROR)
+        self.assertIn("hook config %s is not valid JSON" % path, errors)
+        self.assertIn("line 1", errors)
+        self.assertIn("using built-in defaults", errors)
+
+    def test_not_an_object(self):
+        path = self.write('["msrsave"]')
+        res = self.run_hook("exechost_periodic", config=path, job_list=["1.pbs"])
+        self.assertAccepted(res)
+        self.assertIn("must be a JSON object", res.log_text(LOG_ERROR))
+
+    def test_missing_config_file(self):
+        res = self.run_hook("exechost_periodic", config=os.path.join(self.tmp, "nope.json"),
+                            job_list=["1.pbs"])
+        self.assertAccepted(res)
+        self.assertIn("cannot read hook config", res.log_text(LOG_ERROR))
+
+    def test_no_config_imported(self):
+        res = self.run_hook("exechost_periodic", config=None, job_list=["1.pbs"])
+        self.assertAccepted(res)
+        self.assertIn("PBS_HOOK_CONFIG_FILE unset", res.log_text(LOG_WARNING))
+
+    def test_bad_values_fall_back_per_key(self):
+        """A bad value costs only that key: the rest of the file still applies."""
+        cfg = self.fake_config("fail", timeout="ten", on_restore_failure="shrug", alarm=-1,
+                               load_allowlist="yes", bogus_key=1, state_dir="relative/dir")
+        res = self.run_hook("execjob_epilogue", "501.pbs", cfg)
+        self.assertAccepted(res)
+        errors = res.log_text(LOG_ERROR)
+        self.assertIn("timeout must be a positive number of seconds, got 'ten'", errors)
+        self.assertIn("on_restore_failure must be one of offline|log, got 'shrug'", errors)
+        self.assertIn("alarm must be a positive number", errors)
+        self.assertIn("load_allowlist must be true or false", errors)
+        self.assertIn("state_dir must be an absolute path", errors)
+        self.assertIn("unknown key 'bogus_key'", res.log_text(LOG_WARNING))
+        self.assertOffline(res)  # on_restore_failure fell back to offline
+        # the fake msrsave from the file was still used, with the default state dir
+        self.assertEqual(self.fake_calls()[0][-1], "/run/msr-restore")
+
+    def test_msr_restore_conf_supplies_defaults(self):
+        conf = os.path.join(self.tmp, "msr-restore.conf")
+        with open(conf, "w") as f:
+            f.write("# site config\nbackend = auto\nstate_dir = %s/from-conf   # comment\n"
+                    "on_drift = drain\nthis line is broken\n" % self.tmp)
+        cfg = self.fake_config("ok", state_dir=None, msr_restore_conf=conf)
+        res = self.run_hook("execjob_prologue", "502.pbs", cfg)
+        self.assertAccepted(res)
+        self.assertEqual(self.fake_calls()[0][-1], self.tmp + "/from-conf")
+        self.assertIn("%s line 5" % conf, res.log_text(LOG_ERROR))
+
+    def test_shipped_config_is_valid(self):
+        shipped = os.path.join(os.path.dirname(HOOK), "msr_restore_hook.json")
+        out = subprocess.run([sys.executable, HOOK, "--check-config", shipped],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=dict(self.env, MSR_RESTORE_CONFIG="/nonexistent"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        cfg = json.loads(out.stdout.decode())
+        self.assertLess(cfg["timeout"], cfg["alarm"])
+        self.assertEqual(cfg["on_drift"], "offline")
+
+    def test_check_config_command_line(self):
+        path = self.write('{"timeout": 50, "alarm": 30}')
+        out = subprocess.run([sys.executable, HOOK, "--check-config", path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"does not leave", out.stderr)
+        out = subprocess.run([sys.executable, HOOK, "--check-config", path, "--get", "alarm"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        self.assertEqual(out.stdout.strip(), b"30")
+        out = subprocess.run([sys.executable, HOOK], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=self.env)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn(b"runs inside PBS", out.stderr)
+
+
+class PortabilityTests(unittest.TestCase):
+    def test_hook_parses_as_python_3_6(self):
+        """PBS ships its own Python 3; OpenPBS 20+ builds against 3.6 or later."""
+        if sys.version_info < (3, 8):
+            self.skipTest("ast feature_version needs Python 3.8")
+        with open(HOOK) as f:
+            ast.parse(f.read(), HOOK, feature_version=(3, 6))
+
+    def test_hook_uses_only_the_standard_library(self):
+        with open(HOOK) as f:
+            tree = ast.parse(f.read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add(node.module.split(".")[0])
+        self.assertEqual(names - {"json", "os", "signal", "subprocess", "sys", "time",
+                                  "traceback"}, {"pbs"})
+
+
+if __name__ == "__main__":
+    unittest.main()

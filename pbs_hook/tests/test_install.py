@@ -1,0 +1,120 @@
+"""install.sh / uninstall.sh against a fake qmgr that refuses what OpenPBS refuses."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from helpers import HOOK, PBS_HOOK, TESTS
+
+INSTALL = os.path.join(PBS_HOOK, "install.sh")
+UNINSTALL = os.path.join(PBS_HOOK, "uninstall.sh")
+CONFIG = os.path.join(PBS_HOOK, "msr_restore_hook.json")
+
+
+class InstallTests(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="msr-restore-qmgr-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.env = dict(os.environ, QMGR=os.path.join(TESTS, "fake_qmgr"),
+                        FAKE_QMGR_DIR=self.tmp, MSR_RESTORE_CONFIG="/nonexistent")
+
+    def run_sh(self, script, *args):
+        return subprocess.run([script] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=self.env, timeout=60)
+
+    def hooks(self):
+        path = os.path.join(self.tmp, "hooks.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def commands(self):
+        with open(os.path.join(self.tmp, "log")) as f:
+            return f.read().splitlines()
+
+    def test_install_creates_three_hooks(self):
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        hooks = self.hooks()
+        self.assertEqual(sorted(hooks), ["msr_restore_begin", "msr_restore_check",
+                                         "msr_restore_end"])
+        begin, end, check = (hooks["msr_restore_begin"], hooks["msr_restore_end"],
+                             hooks["msr_restore_check"])
+        self.assertEqual(begin["event"], "execjob_prologue,exechost_startup")
+        self.assertEqual(begin["fail_action"], "offline_vnodes")
+        self.assertEqual(end["event"], "execjob_epilogue,execjob_end")
+        self.assertEqual(end["fail_action"], "none")
+        self.assertEqual(check["event"], "exechost_periodic")
+        self.assertEqual(check["freq"], "120")
+        for h in hooks.values():
+            self.assertEqual(h["alarm"], "30")
+            self.assertEqual(h["application/x-python"], HOOK)
+            self.assertEqual(h["application/x-config"], CONFIG)
+            self.assertEqual(h["enabled"], "true")
+        # event is set before fail_action (PBS checks fail_action against the events)
+        cmds = self.commands()
+        self.assertLess(cmds.index("set hook msr_restore_begin event = "
+                                   "'execjob_prologue,exechost_startup'"),
+                        cmds.index("set hook msr_restore_begin fail_action = offline_vnodes"))
+
+    def test_install_twice_updates(self):
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        p = self.run_sh(INSTALL, "--with-execjob-begin")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"exists: updating it", p.stdout)
+        self.assertEqual(self.hooks()["msr_restore_begin"]["event"],
+                         "execjob_begin,execjob_prologue,exechost_startup")
+
+    def test_alarm_and_freq_come_from_the_config(self):
+        cfg = os.path.join(self.tmp, "site.json")
+        with open(cfg, "w") as f:
+            json.dump({"alarm": 60, "timeout": 45, "check_freq": 300}, f)
+        p = self.run_sh(INSTALL, "--config", cfg, "--prefix", "site_msr")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        hooks = self.hooks()
+        self.assertEqual(hooks["site_msr_check"]["freq"], "300")
+        self.assertEqual(hooks["site_msr_begin"]["alarm"], "60")
+        self.assertEqual(hooks["site_msr_begin"]["application/x-config"], cfg)
+
+    def test_bad_config_stops_the_install(self):
+        cfg = os.path.join(self.tmp, "bad.json")
+        with open(cfg, "w") as f:
+            f.write('{"timeout": 40, "alarm": 30}')
+        p = self.run_sh(INSTALL, "--config", cfg)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"has errors", p.stderr)
+        self.assertEqual(self.hooks(), {})
+
+    def test_uninstall(self):
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        p = self.run_sh(UNINSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.hooks(), {})
+        self.assertIn(b"removed 3 hook(s)", p.stdout)
+        p = self.run_sh(UNINSTALL)  # nothing left: still fine
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"is not installed", p.stdout)
+
+    def test_dry_run_changes_nothing(self):
+        p = self.run_sh(INSTALL, "--dry-run")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"fail_action = offline_vnodes", p.stdout)
+        self.assertEqual(self.hooks(), {})
+
+    def test_shell_scripts_pass_shellcheck(self):
+        if shutil.which("shellcheck") is None:
+            self.skipTest("shellcheck is not installed")
+        scripts = [INSTALL, UNINSTALL, os.path.join(TESTS, "run.sh"),
+                   os.path.join(PBS_HOOK, "torque", "prologue"),
+                   os.path.join(PBS_HOOK, "torque", "epilogue")]
+        p = subprocess.run(["shellcheck", "-s", "sh"] + scripts, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,207 @@
+"""The Torque / classic PBS prologue and epilogue, called with the mom's real arguments."""
+
+import os
+import stat
+import subprocess
+import time
+import unittest
+
+from helpers import CPUS, FAKE_MSRSAVE, PBS_HOOK, PERF_CTL, NodeTestCase, needs_msrsave
+
+PROLOGUE = os.path.join(PBS_HOOK, "torque", "prologue")
+EPILOGUE = os.path.join(PBS_HOOK, "torque", "epilogue")
+
+
+def prologue_args(job_id, torque=False):
+    # PBS: jobid user group.  Torque: jobid user group jobname resource_limits queue account
+    # (and the job script in Torque 4+)
+    args = [job_id, "alice", "users"]
+    if torque:
+        args += ["myjob", "nodes=1:ppn=4,walltime=01:00:00", "batch", "proj42",
+                 "/var/spool/torque/mom_priv/jobs/%s.SC" % job_id]
+    return args
+
+
+def epilogue_args(job_id, exit_code="0"):
+    # jobid user group jobname session_id resource_limits resources_used queue account exit_code
+    return [job_id, "alice", "users", "myjob", "12345",
+            "ncpus=4,walltime=01:00:00", "cput=00:00:01,mem=1024kb,walltime=00:00:05",
+            "workq", "proj42", exit_code]
+
+
+class ScriptTestCase(NodeTestCase):
+    def setUp(self):
+        NodeTestCase.setUp(self)
+        self.offline_log = os.path.join(self.tmp, "pbsnodes.log")
+        self.pbsnodes = os.path.join(self.tmp, "pbsnodes")
+        with open(self.pbsnodes, "w") as f:
+            f.write('#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done > %s\n'
+                    % self.offline_log)
+        os.chmod(self.pbsnodes, 0o755)
+
+    def conf(self, **settings):
+        values = {"MSRSAVE": self.msrsave or FAKE_MSRSAVE, "ROOT": self.root,
+                  "STATE_DIR": self.state_dir, "TIMEOUT": "20",
+                  "OFFLINE_CMD": "%s -o -N" % self.pbsnodes, "NODE_NAME": "node1"}
+        values.update(settings)
+        path = os.path.join(self.tmp, "pbs-scripts.conf")
+        with open(path, "w") as f:
+            f.write("# msr-restore prologue/epilogue settings\n")
+            for key, value in sorted(values.items()):
+                f.write("%s=%s\n" % (key, value))
+        os.chmod(path, 0o644)
+        self.env["MSR_RESTORE_SCRIPTS_CONF"] = path
+        return path
+
+    def run_script(self, script, args, timeout=60):
+        start = time.time()
+        proc = subprocess.run([script] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=self.env, timeout=timeout,
+                              cwd=self.tmp)
+        proc.elapsed = time.time() - start
+        return proc
+
+    def offline_calls(self):
+        if not os.path.exists(self.offline_log):
+            return None
+        with open(self.offline_log) as f:
+            return f.read().splitlines()
+
+
+@needs_msrsave
+class TorqueCycleTests(ScriptTestCase):
+    def setUp(self):
+        ScriptTestCase.setUp(self)
+        self.emulate()
+        self.conf()
+
+    def test_pbs_prologue_and_epilogue_restore(self):
+        before = self.registers()
+        p = self.run_script(PROLOGUE, prologue_args("11.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, b"", "a prologue's output ends up in the job's output")
+        self.job_changes_registers()
+        self.assertNotEqual(self.registers(), before)
+        p = self.run_script(EPILOGUE, epilogue_args("11.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.registers(), before)
+        self.assertIsNone(self.offline_calls())
+
+    def test_torque_arguments_and_failed_job(self):
+        before = self.registers()
+        p = self.run_script(PROLOGUE, prologue_args("12.torque", torque=True))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.job_changes_registers()
+        # the job failed (exit 137); Torque 4+ adds the job script as an 11th argument
+        p = self.run_script(EPILOGUE, epilogue_args("12.torque", "137") + ["/tmp/12.torque.SC"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.registers(), before)
+
+    def test_epilogue_without_prologue(self):
+        p = self.run_script(EPILOGUE, epilogue_args("13.pbs", "-11"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = self.run_script(EPILOGUE, epilogue_args("13.pbs"))  # twice: still fine
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_parallel_scripts_on_a_shared_node(self):
+        """Torque runs prologue.parallel / epilogue.parallel on sisters: the same scripts."""
+        before = self.registers()
+        for job in ("14.torque", "15.torque"):
+            self.assertEqual(self.run_script(PROLOGUE, prologue_args(job)).returncode, 0)
+        self.job_changes_registers()
+        changed = self.registers()
+        self.assertEqual(self.run_script(EPILOGUE, epilogue_args("14.torque")).returncode, 0)
+        self.assertEqual(self.registers(), changed)
+        self.assertEqual(self.run_script(EPILOGUE, epilogue_args("15.torque")).returncode, 0)
+        self.assertEqual(self.registers(), before)
+
+
+class TorqueFailureTests(ScriptTestCase):
+    def test_prologue_msrsave_missing_requeues_and_offlines(self):
+        self.conf(MSRSAVE=os.path.join(self.tmp, "no-msrsave"))
+        p = self.run_script(PROLOGUE, prologue_args("21.pbs"))
+        self.assertEqual(p.returncode, 2, "other non-zero = requeue")
+        self.assertIn(b"cannot snapshot MSRs for job 21.pbs", p.stderr)
+        calls = self.offline_calls()
+        self.assertEqual(calls[:2], ["-o", "-N"])
+        self.assertTrue(calls[2].startswith("msr-restore: cannot snapshot MSRs for job 21.pbs"))
+        self.assertEqual(calls[3], "node1")
+
+    def test_prologue_failure_policies(self):
+        self.conf(MSRSAVE=os.path.join(self.tmp, "no-msrsave"), ON_FAILURE="abort")
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("22.pbs")).returncode, 1)
+        self.conf(MSRSAVE=os.path.join(self.tmp, "no-msrsave"), ON_FAILURE="run",
+                  OFFLINE_CMD="")
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("23.pbs")).returncode, 0)
+        self.conf(MSRSAVE=os.path.join(self.tmp, "no-msrsave"), ON_FAILURE="bogus")
+        p = self.run_script(PROLOGUE, prologue_args("24.pbs"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"ON_FAILURE must be requeue, abort or run", p.stderr)
+
+    def test_prologue_timeout(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE, TIMEOUT="2")
+        self.env["FAKE_MSRSAVE_MODE"] = "sleep"
+        p = self.run_script(PROLOGUE, prologue_args("25.pbs"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"timed out after 2s", p.stderr)
+        self.assertLess(p.elapsed, 15)
+
+    def test_epilogue_restore_failure_offlines(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.env["FAKE_MSRSAVE_MODE"] = "fail"
+        p = self.run_script(EPILOGUE, epilogue_args("26.pbs"))
+        self.assertEqual(p.returncode, 1)
+        calls = self.offline_calls()
+        self.assertIn("MSR restore failed after job 26.pbs", calls[2])
+
+    def test_epilogue_timeout_offlines(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE, TIMEOUT="1")
+        self.env["FAKE_MSRSAVE_MODE"] = "sleep"
+        p = self.run_script(EPILOGUE, epilogue_args("27.pbs"))
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("timed out", self.offline_calls()[2])
+
+    def test_arguments_passed_to_msrsave(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.env["FAKE_MSRSAVE_MODE"] = "ok"
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("28.pbs")).returncode, 0)
+        self.assertEqual(self.run_script(EPILOGUE, epilogue_args("28.pbs")).returncode, 0)
+        self.assertEqual(self.fake_calls(), [
+            ["--root", self.root, "--json", "job", "begin", "28.pbs", "--state-dir",
+             self.state_dir],
+            ["--root", self.root, "--json", "job", "end", "28.pbs", "--state-dir",
+             self.state_dir]])
+
+    def test_no_job_id_is_a_usage_error(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.assertEqual(self.run_script(PROLOGUE, []).returncode, 1)
+        self.assertEqual(self.run_script(EPILOGUE, []).returncode, 1)
+        self.assertEqual(self.fake_calls(), [])
+
+    def test_group_writable_conf_is_ignored(self):
+        path = self.conf(MSRSAVE=FAKE_MSRSAVE)
+        os.chmod(path, 0o666)
+        p = self.run_script(PROLOGUE, prologue_args("29.pbs"))
+        self.assertIn(b"ignored: it must be owned by root", p.stderr)
+        # falls back to /usr/bin/msrsave, which is not installed here: requeue
+        if not os.path.exists("/usr/bin/msrsave"):
+            self.assertEqual(p.returncode, 2)
+
+    def test_unknown_conf_key_is_reported(self):
+        self.conf(MSRSAVE=FAKE_MSRSAVE, MSRSAV="/typo")
+        self.env["FAKE_MSRSAVE_MODE"] = "ok"
+        p = self.run_script(PROLOGUE, prologue_args("30.pbs"))
+        self.assertEqual(p.returncode, 0)
+        self.assertIn(b"unknown setting ignored: MSRSAV=/typo", p.stderr)
+
+    def test_scripts_are_executable_sh(self):
+        for script in (PROLOGUE, EPILOGUE):
+            mode = os.stat(script).st_mode
+            self.assertTrue(mode & stat.S_IXUSR, script)
+            with open(script) as f:
+                self.assertEqual(f.readline().strip(), "#!/bin/sh")
+            subprocess.check_call(["sh", "-n", script])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Remove the msr-restore PBS hooks installed by install.sh. Run on the PBS server host.
+#
+#   uninstall.sh [--prefix NAME] [--dry-run]
+#
+# Vnodes the hooks took offline stay offline (their comment starts with "msr-restore: "): list
+# them with  pbsnodes -l  and bring them back with  pbsnodes -r NODE  once their MSRs are right.
+# Each host keeps its marker /var/lib/msr-restore/pbs_hook/offline.json and the job state in
+# /run/msr-restore until removed by hand.
+# Environment: QMGR as for install.sh.
+set -eu
+
+prefix=msr_restore
+dry_run=false
+while [ $# -gt 0 ]; do
+    case $1 in
+        --prefix) [ $# -ge 2 ] || { echo "uninstall.sh: --prefix needs a value" >&2; exit 2; }
+                  prefix=$2; shift 2 ;;
+        --dry-run) dry_run=true; shift ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "uninstall.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case $prefix in
+    ''|*[!A-Za-z0-9_]*) echo "uninstall.sh: --prefix must be letters, digits and _" >&2; exit 2 ;;
+esac
+
+QMGR=${QMGR:-}
+if [ -z "$QMGR" ]; then
+    if command -v qmgr >/dev/null 2>&1; then
+        QMGR=qmgr
+    elif [ -n "${PBS_EXEC:-}" ] && [ -x "$PBS_EXEC/bin/qmgr" ]; then
+        QMGR=$PBS_EXEC/bin/qmgr
+    else
+        QMGR=/opt/pbs/bin/qmgr
+    fi
+fi
+
+removed=0
+for name in "${prefix}_begin" "${prefix}_end" "${prefix}_check"; do
+    if $dry_run; then
+        echo "$QMGR -c \"delete hook $name\""
+    elif "$QMGR" -c "list hook $name" >/dev/null 2>&1; then
+        echo "+ qmgr -c \"delete hook $name\""
+        "$QMGR" -c "delete hook $name"
+        removed=$((removed + 1))
+    else
+        echo "hook $name is not installed"
+    fi
+done
+$dry_run || echo "removed $removed hook(s); vnodes offline with a comment starting 'msr-restore: ' stay offline (pbsnodes -l)"
