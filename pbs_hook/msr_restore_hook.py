@@ -358,7 +358,9 @@ def run_msrsave(cfg, args, log):
     err = err.decode("utf-8", "replace").strip()
     data = parse_json_object(out)
     if data is None:
-        tail = err.splitlines()[-1] if err else "nothing on stderr"
+        lines = [l.strip() for l in err.splitlines() if l.strip()]
+        errors = [l for l in lines if "error" in l.lower()]
+        tail = (errors or lines or ["nothing on stderr"])[0 if errors else -1]
         return Outcome(argv, code=proc.returncode, stderr=err,
                        error="%s printed no JSON object (exit %s; %s)"
                        % (cmd, proc.returncode, tail))

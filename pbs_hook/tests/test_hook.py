@@ -271,11 +271,36 @@ class HealthTests(NodeTestCase):
         self.assertIn("302.pbs", res.log_text(LOG_WARNING))
 
     def test_startup_allowlist_load(self):
+        """load_allowlist: msrsave picks the list for the CPU (06_55 here) from allowlist_dir,
+        which msrsave reads from msr-restore.conf ($MSR_RESTORE_CONFIG) itself."""
+        al_dir = os.path.join(self.tmp, "allowlists")
+        os.makedirs(al_dir)
+        with open(ALLOWLIST) as src, open(os.path.join(al_dir, "al_06_55"), "w") as dst:
+            dst.write(src.read())
+        conf = os.path.join(self.tmp, "msr-restore.conf")
+        with open(conf, "w") as f:
+            f.write("allowlist_dir = %s\n" % al_dir)
+        self.env["MSR_RESTORE_CONFIG"] = conf
         cfg = self.config(load_allowlist=True)
         res = self.run_hook("exechost_startup", config=cfg)
         self.assertAccepted(res)
-        calls = res.log_text(LOG_DEBUG)
-        self.assertIn("allowlist load --auto", calls)
+        self.assertUntouched(res)
+        self.assertIn("allowlist loaded: %s" % os.path.join(al_dir, "al_06_55"),
+                      res.log_text(LOG_DEBUG))
+        self.assertTrue(os.path.exists(self.baseline))
+
+    def test_startup_allowlist_missing_offlines(self):
+        al_dir = os.path.join(self.tmp, "empty-allowlists")
+        os.makedirs(al_dir)
+        conf = os.path.join(self.tmp, "msr-restore.conf")
+        with open(conf, "w") as f:
+            f.write("allowlist_dir = %s\n" % al_dir)
+        self.env["MSR_RESTORE_CONFIG"] = conf
+        cfg = self.config(load_allowlist=True)
+        res = self.run_hook("exechost_startup", config=cfg)
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="cannot load the MSR allowlist")
+        self.assertFalse(os.path.exists(self.baseline))
 
 
 class FailureTests(NodeTestCase):
