@@ -26,6 +26,6 @@ echo "msrsave: $MSRSAVE"
 
 cd "$here"
 if [ $# -eq 0 ]; then
-    set -- discover -s "$here" -p 'test_*.py'
+    exec python3 -m unittest discover -v -s "$here" -p 'test_*.py'
 fi
 exec python3 -m unittest -v "$@"
