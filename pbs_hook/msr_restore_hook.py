@@ -76,6 +76,7 @@ DEFAULTS = {
     "baseline_on_startup": True,  # exechost_startup: msrsave save BASELINE
     "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # the offline marker lives here
     "prometheus": "",  # non-empty: periodic check writes this Prometheus text file
+    "stale_job_grace": 600,  # periodic: end a job the state dir holds but the mom forgot, after
 }
 BUILTIN_STATE_DIR = "/run/msr-restore"
 BUILTIN_BASELINE = "/var/lib/msr-restore/baseline.json"
@@ -88,7 +89,7 @@ CHOICES = {
 ALIASES = {"on_drift": {"drain": "offline"}}
 STRING_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "backend",
                "allowlist", "hook_state_dir", "prometheus")
-NUMBER_KEYS = ("alarm", "check_freq", "timeout")
+NUMBER_KEYS = ("alarm", "check_freq", "timeout", "stale_job_grace")
 BOOL_KEYS = ("load_allowlist", "baseline_on_startup")
 PATH_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "allowlist",
              "hook_state_dir", "prometheus")
@@ -633,7 +634,41 @@ def take_baseline(cfg, log, why):
     return False
 
 
+def end_stale_jobs(e, cfg, log, event_name):
+    """Jobs the state dir still holds that the mom no longer knows (their end hook never ran:
+    mom killed, job purged): end them, so the host's registers get restored. Only jobs whose
+    record is older than stale_job_grace seconds, to stay clear of a job starting right now."""
+    try:
+        known = set(str(j) for j in e.job_list.keys())
+    except Exception as err:
+        log.debug("no job list (%s): stale jobs not looked for" % err)
+        return
+    now = time.time()
+    for job_id in active_jobs_in_state_dir(cfg):
+        if job_id in known:
+            continue
+        try:
+            age = now - os.stat(os.path.join(cfg["state_dir"], "jobs", job_id)).st_mtime
+        except OSError:
+            continue
+        if age < cfg["stale_job_grace"]:
+            continue
+        log.warning("job %s has held this host for %ds but the mom no longer knows it: ending it"
+                    % (job_id, age))
+        res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
+        if res.ok:
+            log.warning("stale job %s ended: %s" % (job_id, "MSRs restored" if isinstance(
+                res.data.get("restore"), dict) else res.data.get("note")
+                or "other jobs still on this host"))
+            continue
+        why = "MSR restore failed after stale job %s: %s" % (job_id, res.describe())
+        log.error(why)
+        if cfg["on_restore_failure"] == "offline":
+            take_offline(e, cfg, why, event_name, log)
+
+
 def on_periodic(e, cfg, log, event_name):
+    end_stale_jobs(e, cfg, log, event_name)
     jobs = jobs_on_host(e, cfg)
     if jobs:
         log.debug("drift check skipped: job(s) %s on this host" % ",".join(jobs))

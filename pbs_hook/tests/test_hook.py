@@ -242,6 +242,33 @@ class HealthTests(NodeTestCase):
         self.assertUntouched(res)
         self.assertEqual(res.log_text(LOG_ERROR), "")
 
+    def test_periodic_ends_a_job_the_mom_forgot(self):
+        """The state dir holds a job the mom no longer lists (its end hook never ran): after
+        stale_job_grace the periodic hook ends it, which restores the registers."""
+        cfg = self.config(stale_job_grace=60)
+        self.assertAccepted(self.run_hook("exechost_startup", config=cfg))
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_prologue", "303.pbs", cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "304.pbs", cfg))
+        self.job_changes_registers()
+        # young records, or jobs the mom lists: left alone
+        res = self.run_hook("exechost_periodic", config=cfg, job_list=["304.pbs"])
+        self.assertAccepted(res)
+        self.assertNotEqual(self.registers(), before)
+        old = os.path.join(self.state_dir, "jobs", "303.pbs")
+        os.utime(old, (os.stat(old).st_atime - 120, os.stat(old).st_mtime - 120))
+        res = self.run_hook("exechost_periodic", config=cfg, job_list=["304.pbs"])
+        self.assertAccepted(res)
+        self.assertIn("303.pbs has held this host", res.log_text(LOG_WARNING))
+        self.assertNotEqual(self.registers(), before, "304.pbs still runs")
+        old = os.path.join(self.state_dir, "jobs", "304.pbs")
+        os.utime(old, (os.stat(old).st_atime - 120, os.stat(old).st_mtime - 120))
+        res = self.run_hook("exechost_periodic", config=cfg, job_list=[])
+        self.assertAccepted(res)
+        self.assertIn("stale job 304.pbs ended: MSRs restored", res.log_text(LOG_WARNING))
+        self.assertEqual(self.registers(), before)
+        self.assertUntouched(res)  # and the check that follows is clean
+
     def test_periodic_without_baseline_takes_one(self):
         res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertAccepted(res)
