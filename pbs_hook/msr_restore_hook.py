@@ -310,11 +310,20 @@ class Outcome(object):
         if isinstance(check, dict) and check.get("clean") is False:
             parts.append(str(check.get("summary") or "%s register(s) drifted"
                              % check.get("drifted")))
-        if d.get("note"):
-            parts.append(str(d["note"]))
+        parts.extend(notes_of(d))
         if not parts:
             parts.append("msrsave exited %s" % self.code)
         return "; ".join(parts)
+
+
+def notes_of(d):
+    """msrsave's remarks: "note" (a string) and/or "notes" (a list)."""
+    notes = []
+    if d.get("note"):
+        notes.append(str(d["note"]))
+    if isinstance(d.get("notes"), list):
+        notes.extend(str(n) for n in d["notes"] if n)
+    return notes
 
 
 def deadline(cfg):
@@ -592,12 +601,14 @@ def on_job_end(e, cfg, log, event_name):
     if res.ok:
         d = res.data
         restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
+        notes = "; ".join(notes_of(d))
         if restore:
             log.debug("job %s: last job on this host, MSRs restored (%s written, %s unchanged, "
-                      "%s verified)" % (job_id, restore.get("written"), restore.get("unchanged"),
-                                        restore.get("verified")))
+                      "%s verified)%s" % (job_id, restore.get("written"),
+                                          restore.get("unchanged"), restore.get("verified"),
+                                          "; " + notes if notes else ""))
         else:
-            log.debug("job %s: %s" % (job_id, d.get("note") or "other jobs still on this host: "
+            log.debug("job %s: %s" % (job_id, notes or "other jobs still on this host: "
                                       + ",".join(d.get("active_jobs") or [])))
         e.accept()
     why = "MSR restore failed after job %s: %s" % (job_id, res.describe())
@@ -658,7 +669,7 @@ def end_stale_jobs(e, cfg, log, event_name):
         res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
         if res.ok:
             log.warning("stale job %s ended: %s" % (job_id, "MSRs restored" if isinstance(
-                res.data.get("restore"), dict) else res.data.get("note")
+                res.data.get("restore"), dict) else "; ".join(notes_of(res.data))
                 or "other jobs still on this host"))
             continue
         why = "MSR restore failed after stale job %s: %s" % (job_id, res.describe())

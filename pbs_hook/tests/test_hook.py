@@ -9,7 +9,7 @@ import subprocess
 import sys
 import unittest
 
-from helpers import (ALLOWLIST, CPUS, FAKE_MSRSAVE, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
+from helpers import (ALLOWLIST, CPUS, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
                      ND_FREE, ND_JOBBUSY, ND_OFFLINE, PERF_CTL, NodeTestCase, needs_msrsave)
 
 

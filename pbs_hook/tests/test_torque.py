@@ -6,7 +6,7 @@ import subprocess
 import time
 import unittest
 
-from helpers import CPUS, FAKE_MSRSAVE, PBS_HOOK, PERF_CTL, NodeTestCase, needs_msrsave
+from helpers import FAKE_MSRSAVE, PBS_HOOK, NodeTestCase, needs_msrsave
 
 PROLOGUE = os.path.join(PBS_HOOK, "torque", "prologue")
 EPILOGUE = os.path.join(PBS_HOOK, "torque", "epilogue")
