@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Stop the test cluster's daemons (slurmd, slurmctld, munged) by their pid files only.
+# Safe to run when nothing runs. A daemon that lingers as a zombie counts as stopped.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+rc=0
+stop_pidfile "$MSR_SLURM_DIR/run/slurmd.pid" 15 || rc=1
+stop_pidfile "$MSR_SLURM_DIR/run/slurmctld.pid" 15 || rc=1
+stop_pidfile "$MSR_SLURM_DIR/munge/munged.pid" 10 || rc=1
+exit $rc
