@@ -3,12 +3,14 @@
 //! In slurmd's job prolog (as root) it registers the job on the node and, for the first job,
 //! snapshots the node's MSRs; in the job epilog it deregisters the job and, for the last job,
 //! restores and verifies the registers. The bookkeeping and all MSR work are msr_backend's
-//! (`msr_backend::jobs`); this crate only maps plugstack.conf arguments to a configuration and
-//! results and errors to SLURM (log lines, return codes, a drain reason).
+//! ([`msr_backend::jobs`]); this crate only maps plugstack.conf arguments to a configuration and
+//! outcomes and errors to SLURM (log lines, return codes, a drain reason).
 //!
-//! In srun, sbatch and salloc (local and allocator contexts) and in slurmstepd's step contexts the
-//! plugin returns at once: it does nothing privileged and touches no file there.
+//! In srun, sbatch and salloc (local and allocator contexts) and in job steps the plugin returns
+//! at once: it does nothing privileged and touches no file there.
 
 pub mod config;
+pub mod report;
+
 #[cfg(not(test))]
 mod plugin;

@@ -1,0 +1,140 @@
+//! Log lines and drain reasons for the outcomes of msr_backend::jobs: pure, so they are tested
+//! without slurmd.
+
+use msr_backend::jobs::{name_registers, BeginOutcome, EndOutcome, RestoreSummary};
+
+/// The longest drain reason the plugin sets (scontrol takes more, but `sinfo -R` readers and
+/// log lines do not).
+pub const MAX_REASON: usize = 400;
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub fn begin_line(job: &str, outcome: &BeginOutcome) -> String {
+    match outcome {
+        BeginOutcome::Snapshot(s) => format!(
+            "job {job}: first job on the node: snapshot of {} CPUs x {} MSRs ({} unreadable) in {}",
+            s.cpus,
+            s.msrs,
+            s.unreadable,
+            ms(s.elapsed)
+        ),
+        BeginOutcome::Joined { others } => format!(
+            "job {job}: joins job(s) {} on the node: the first job's snapshot stands",
+            others.join(", ")
+        ),
+        BeginOutcome::ReusedSnapshot { .. } => format!(
+            "job {job}: a snapshot left by an earlier failed restore is kept as the state to restore (the node's registers now are not trusted)"
+        ),
+        BeginOutcome::AlreadyRegistered => {
+            format!("job {job}: already registered on the node (requeued or repeated prolog): nothing to do")
+        }
+    }
+}
+
+pub fn restored_line(job: &str, s: &RestoreSummary) -> String {
+    format!(
+        "job {job}: last job on the node: registers restored ({} written, {} verified, {} unchanged) in {}",
+        s.written,
+        s.verified,
+        s.unchanged,
+        ms(s.elapsed)
+    )
+}
+
+pub fn drift_message(job: &str, s: &RestoreSummary) -> String {
+    format!(
+        "job {job}: {} register(s) differ from the snapshot after the restore: {}",
+        s.drift.len(),
+        name_registers(&s.drift)
+    )
+}
+
+pub fn end_line(job: &str, outcome: &EndOutcome) -> String {
+    match outcome {
+        EndOutcome::Restored(s) => restored_line(job, s),
+        EndOutcome::OthersRemain { others } => format!(
+            "job {job}: ended; job(s) {} still on the node: registers are restored when the last one ends",
+            others.join(", ")
+        ),
+        EndOutcome::NotRegistered => format!(
+            "job {job}: was not registered on the node (its prolog failed or never ran): nothing to restore"
+        ),
+    }
+}
+
+/// A drain reason on one line, cut to [`MAX_REASON`] bytes.
+pub fn drain_reason(msg: &str) -> String {
+    let mut r: String = format!("msr-restore: {msg}")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if r.len() > MAX_REASON {
+        let mut cut = MAX_REASON - 3;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r.truncate(cut);
+        r.push_str("...");
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msr_backend::jobs::{RegisterProblem, SnapshotSummary};
+
+    #[test]
+    fn lines_say_what_happened() {
+        let b = begin_line(
+            "7",
+            &BeginOutcome::Snapshot(SnapshotSummary {
+                cpus: 256,
+                msrs: 399,
+                unreadable: 0,
+                elapsed: std::time::Duration::from_micros(12_345),
+            }),
+        );
+        assert_eq!(
+            b,
+            "job 7: first job on the node: snapshot of 256 CPUs x 399 MSRs (0 unreadable) in 12.3 ms"
+        );
+        let e = end_line(
+            "8",
+            &EndOutcome::OthersRemain {
+                others: vec!["7".into()],
+            },
+        );
+        assert!(e.contains("job(s) 7 still on the node"), "{e}");
+        assert!(end_line("9", &EndOutcome::NotRegistered).contains("prolog failed"));
+    }
+
+    #[test]
+    fn drift_names_registers() {
+        let s = RestoreSummary {
+            drift: vec![RegisterProblem {
+                cpu: 1,
+                msr: Some(0x199),
+                name: Some("IA32_PERF_CTL".into()),
+                detail: "expected 0x1 found 0x2 (bits 0x3)".into(),
+            }],
+            ..Default::default()
+        };
+        let m = drift_message("5", &s);
+        assert!(m.contains("CPU 1 MSR 0x00000199 (IA32_PERF_CTL)"), "{m}");
+    }
+
+    #[test]
+    fn reasons_are_one_short_line() {
+        let r = drain_reason("a\nb");
+        assert_eq!(r, "msr-restore: a b");
+        let long = drain_reason(&"é".repeat(500));
+        assert!(
+            long.len() <= MAX_REASON && long.ends_with("..."),
+            "{}",
+            long.len()
+        );
+    }
+}
