@@ -75,7 +75,6 @@ wait_node_state() {
     for ((i = 0; i < timeout * 10; i++)); do
         st=$(node_state)
         if [[ $st =~ ^($want)$ ]]; then
-            printf '%s\n' "$st"
             return 0
         fi
         sleep 0.1

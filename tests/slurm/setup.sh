@@ -4,6 +4,7 @@
 #   tests/slurm/setup.sh            install packages, write the config, start munged, slurmctld,
 #                                   slurmd, wait for the node to be idle
 #   tests/slurm/setup.sh --no-install   skip apt-get (the packages are already there)
+#   tests/slurm/setup.sh --install-only only install the packages
 #
 # Runs as root. Everything goes under $MSR_SLURM_DIR (default /tmp/msr-restore-slurm); an existing
 # etc/plugstack.conf there is kept (run.sh writes it), otherwise an empty one is made.
@@ -13,10 +14,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-install=1
+install=1 start=1
 for a in "$@"; do
     case $a in
     --no-install) install=0 ;;
+    --install-only) start=0 ;;
     -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
     *) die "unknown argument: $a" ;;
     esac
@@ -40,6 +42,7 @@ fi
 for b in munged slurmctld slurmd sinfo scontrol; do
     command -v "$b" >/dev/null || die "$b not found: install ${PKGS[*]}"
 done
+((start)) || exit 0
 
 # Refuse to start a second cluster over a running one.
 for d in slurmctld slurmd munged; do
@@ -96,6 +99,8 @@ cat >"$MSR_SLURM_DIR/bin/healthcheck" <<EOF
 #!/bin/sh
 # HealthCheckProgram of the test cluster (written by tests/slurm/setup.sh).
 args="$MSR_SLURM_DIR/etc/healthcheck.args"
+# slurmd runs the health check with an empty environment: scontrol needs this cluster's config.
+export SLURM_CONF="$SLURM_CONF"
 [ -s "\$args" ] || exit 0
 exec $MSR_SLURM_DIR/bin/msr-healthcheck \$(cat "\$args") >>$MSR_SLURM_DIR/log/healthcheck.log 2>&1
 EOF
