@@ -58,7 +58,7 @@ trap 'exit 130' INT TERM
 "$here/stop.sh" >/dev/null 2>&1 || true
 command -v cargo >/dev/null || die "cargo not found"
 log "building msrsave and libspank_msr.so (release)"
-(cd "$repo" && cargo build --release --locked -p msrsave -p spank_msr) || die "build failed"
+(cd "$repo" && cargo build --release --locked -p msrsave -p spank_msr --features spank_msr/slurm) || die "build failed"
 target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 target=${target:-$repo/target}
