@@ -118,12 +118,10 @@ MSR_SLURM_HC_INTERVAL=5 "$here/setup.sh" --no-install || die "the SLURM cluster 
 restart_slurmd() { "$here/start-slurmd.sh" "$@" >/dev/null; }
 
 # submit SCRIPT_BODY [sbatch options]: submit a batch job as the test user, print its id.
-n_script=0
 submit() {
-    local body=$1
+    local body=$1 s
     shift
-    n_script=$((n_script + 1))
-    local s="$JOBS/job$n_script.sh"
+    s=$(mktemp "$JOBS/job.XXXXXX") || return 1
     printf '#!/bin/bash\nset -e\n%s\n' "$body" >"$s"
     chmod 755 "$s"
     as_user sbatch --parsable -n1 -o "$JOBS/%j.out" -D "$JOBS" "$@" "$s"
