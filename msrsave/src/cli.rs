@@ -151,6 +151,9 @@ pub enum JobCommand {
     /// Record a job; the first job on an idle node takes the node snapshot. Idempotent.
     Begin {
         job_id: String,
+        /// Seconds to wait for the node lock held by another job's begin or end [default: 60]
+        #[arg(long, value_name = "SECS")]
+        lock_timeout: Option<u64>,
         /// State directory [default: state_dir in the configuration, /run/msr-restore]
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
@@ -158,6 +161,9 @@ pub enum JobCommand {
     /// Forget a job; the last one restores the snapshot, verifies, checks and clears the state.
     End {
         job_id: String,
+        /// Seconds to wait for the node lock held by another job's begin or end [default: 60]
+        #[arg(long, value_name = "SECS")]
+        lock_timeout: Option<u64>,
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },

@@ -35,14 +35,31 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
             ExitCode::from(outcome.code)
         }
         Err(e) => {
+            let e = error_text(&e);
             if json {
-                let v =
-                    serde_json::json!({"command": name, "ok": false, "error": format!("{e:#}")});
+                let v = serde_json::json!({"command": name, "ok": false, "error": e});
                 println!("{v}");
             } else {
-                eprintln!("msrsave {name}: error: {e:#}");
+                eprintln!("msrsave {name}: error: {e}");
             }
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: the library's messages already
+/// include their source's text, so a cause that the previous message contains is skipped.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

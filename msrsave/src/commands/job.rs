@@ -38,8 +38,9 @@ pub fn run(ctx: &Context, cmd: &JobCommand) -> Result<Outcome> {
         JobCommand::Begin {
             job_id,
             state_dir: d,
+            lock_timeout,
         } => {
-            let cfg = JobsConfig::new(state_dir(d));
+            let cfg = jobs_config(state_dir(d), *lock_timeout);
             let outcome = jobs::begin(&cfg, job_id, &regs)?;
             let active = jobs::status(&cfg).map(|s| s.jobs).unwrap_or_default();
             let (kind, text) = match &outcome {
@@ -72,8 +73,9 @@ pub fn run(ctx: &Context, cmd: &JobCommand) -> Result<Outcome> {
         JobCommand::End {
             job_id,
             state_dir: d,
+            lock_timeout,
         } => {
-            let cfg = JobsConfig::new(state_dir(d));
+            let cfg = jobs_config(state_dir(d), *lock_timeout);
             let active = || jobs::status(&cfg).map(|s| s.jobs).unwrap_or_default();
             match jobs::end(&cfg, job_id, &regs) {
                 Ok(EndOutcome::Restored(s)) => {
@@ -160,6 +162,14 @@ pub fn run(ctx: &Context, cmd: &JobCommand) -> Result<Outcome> {
             ))
         }
     }
+}
+
+fn jobs_config(state_dir: PathBuf, lock_timeout: Option<u64>) -> JobsConfig {
+    let mut cfg = JobsConfig::new(state_dir);
+    if let Some(secs) = lock_timeout {
+        cfg.lock_timeout = std::time::Duration::from_secs(secs);
+    }
+    cfg
 }
 
 fn reg(p: &RegisterProblem) -> String {

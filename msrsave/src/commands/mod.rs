@@ -52,7 +52,12 @@ pub fn name(command: &Command) -> &'static str {
         Command::Check { .. } => "check",
         Command::Diff { .. } => "diff",
         Command::Show { .. } => "show",
-        Command::Allowlist(_) => "allowlist",
+        Command::Allowlist(a) => match a {
+            crate::cli::AllowlistCommand::Show { .. } => "allowlist show",
+            crate::cli::AllowlistCommand::Select => "allowlist select",
+            crate::cli::AllowlistCommand::Load { .. } => "allowlist load",
+            crate::cli::AllowlistCommand::Lint { .. } => "allowlist lint",
+        },
         Command::Info => "info",
         Command::Emulate { .. } => "emulate",
         Command::Demo { .. } => "demo",
