@@ -7,7 +7,6 @@
 # Tools: /bin/msrsave (the binary under test), /bin/rawmsr (our own raw pread/pwrite of
 # /dev/cpu/N/msr: the "job" that changes registers and the independent read-back), busybox.
 # No "set -e": commands are expected to fail here, and each outcome is asserted explicitly.
-# shellcheck disable=SC2034 # constants for the msrsave scenarios
 set -u
 
 SCENARIO=${1:-}
@@ -86,7 +85,7 @@ jval() {
         i = index($0, k); if (!i) next
         s = substr($0, i + length(k))
         if (substr(s, 1, 1) == "\"") { s = substr(s, 2); print substr(s, 1, index(s, "\"") - 1) }
-        else { match(s, /^[^,}\]]*/); print substr(s, 1, RLENGTH) }
+        else { match(s, /^[^],}]*/); print substr(s, 1, RLENGTH) }
         exit
     }' "${2:-/tmp/outc}"
 }
@@ -236,8 +235,322 @@ scenario_driver() {
     expect_eq driver.hotplug_online_again 0x3 "$(hx "$(rd 3 $TSC_AUX)")"
 }
 
+# ------------------------------------------------------------------ save files
+# saved FILE CPU MSR: the value FILE records for MSR on CPU (msrsave's save file: "cpus", the
+# allowlist "entries" and "values", one row per CPU, one value per entry), or nothing.
+saved() {
+    tr -d ' \t\r\n' <"$1" >/tmp/sf
+    want=$(hx "$3")
+    idx=$(jobjs entries /tmp/sf | {
+        n=0
+        while read -r o; do
+            echo "$o" >/tmp/sfo
+            [ "$(hx "$(jval msr /tmp/sfo)")" = "$want" ] && { echo "$n"; break; }
+            n=$((n + 1))
+        done
+    })
+    [ -n "$idx" ] || return 0
+    row=$(jlist cpus /tmp/sf | tr ' ' '\n' | grep -n "^$2\$" | cut -d: -f1)
+    [ -n "$row" ] || return 0
+    sed -n 's/.*"values":\[\[\(.*\)\]\].*/\1/p' /tmp/sf | sed 's/\],\[/\n/g' |
+        sed -n "${row}p" | tr -d '"' | cut -d, -f$((idx + 1))
+}
+
+# expect_save_json NAME CPUS: the JSON of a successful save (after run ... --json save FILE).
+expect_save_json() {
+    expect_rc "$1.exit_0" 0
+    expect_eq "$1.json_ok" true "$(jval ok)"
+    expect_eq "$1.json_backend" msr "$(jval backend)"
+    expect_eq "$1.json_cpus" "$2" "$(jval cpus)"
+    expect_eq "$1.json_msrs" "$N_ALLOWLISTED" "$(jval msrs)"
+    expect_eq "$1.json_unreadable" 0 "$(jval unreadable)"
+}
+
+# 1. save: every allowlisted MSR on every CPU; TSC_AUX recorded = the CPU's number.
+scenario_save() {
+    trace_setup || fail save.tracefs "no msr:write_msr tracepoint"
+    trace_start
+    run $MSRSAVE --json save $W/s1.json
+    trace_stop /tmp/w
+    expect_save_json save 4
+    if [ -s $W/s1.json ]; then pass save.file_written; else fail save.file_written "no $W/s1.json"; fi
+    expect_eq save.writes_no_register "" "$(cat /tmp/w)"
+    expect_eq save.cpus_recorded "0 1 2 3" "$(tr -d ' \t\r\n' <$W/s1.json >/tmp/sf; jlist cpus /tmp/sf)"
+    for c in 0 1 2 3; do
+        # The kernel runs a read of /dev/cpu/N/msr on CPU N, and Linux sets TSC_AUX to the CPU
+        # number: a read done on the wrong CPU would record another number.
+        expect_eq "save.tsc_aux_recorded_is_cpu_number.cpu$c" "$(hx $c)" "$(hx "$(saved $W/s1.json $c $TSC_AUX)")"
+        for m in $PAT $SYSENTER_CS $PHYSBASE7 $ZERO_MSRS; do
+            expect_eq "save.recorded_equals_raw_read.cpu$c.$m" "$(hx "$(rd $c "$m")")" "$(hx "$(saved $W/s1.json $c "$m")")"
+        done
+    done
+    # The readable report and the LLNL form work on the stock driver too.
+    run $MSRSAVE save $W/s1-text.json
+    expect_rc save.readable_report.exit_0 0
+    run $MSRSAVE $W/s1-llnl.json
+    expect_rc save.llnl_form.exit_0 0
+    expect_eq save.llnl_form.tsc_aux_cpu3 0x3 "$(hx "$(saved $W/s1-llnl.json 3 $TSC_AUX)")"
+}
+
+# The pretend job of scenario 2: TSC_AUX on CPU 2 (only the node bits, above bit 11: the kernel
+# reads the CPU number from TSC_AUX's low 12 bits in its paranoid entry path), and MTRR_PHYSBASE7
+# on CPU 1, both inside its mask (address bits) and outside it (memory type bits).
+JOB_TSC_AUX_CPU2=0x7002
+JOB_PHYSBASE7_CPU1=0x0000000AB0000006
+job_scenario2() {
+    wr 2 $TSC_AUX $JOB_TSC_AUX_CPU2
+    wr 1 $PHYSBASE7 $JOB_PHYSBASE7_CPU1
+}
+
+# 2. drift: check names exactly the changed registers; restore puts back the masked bits only.
+scenario_drift() {
+    trace_setup || fail drift.tracefs "no msr:write_msr tracepoint"
+    run $MSRSAVE --json save $W/s2.json
+    expect_rc drift.save.exit_0 0
+    pb_saved=$(rd 1 $PHYSBASE7)
+    run $MSRSAVE --json check $W/s2.json
+    expect_rc drift.check_before_job.exit_0 0
+    expect_eq drift.check_before_job.clean true "$(jval clean)"
+
+    job_scenario2
+    trace_start
+    run $MSRSAVE --json check $W/s2.json
+    trace_stop /tmp/w
+    expect_rc drift.check.exit_1 1
+    expect_eq drift.check.json_clean false "$(jval clean)"
+    expect_eq drift.check.json_drifted 2 "$(jval drifted)"
+    expect_eq drift.check.names_exactly_the_changed_registers "1 0x20e,2 0xc0000103" "$(cpu_msr_pairs drift | tr '\n' ',' | sed 's/,$//')"
+    jobjs drift | grep -i '"msr":"0x0*c0000103"' >/tmp/obj
+    expect_eq drift.check.tsc_aux_expected 0x2 "$(hx "$(jval expected /tmp/obj)")"
+    expect_eq drift.check.tsc_aux_actual "$(hx $JOB_TSC_AUX_CPU2)" "$(hx "$(jval actual /tmp/obj)")"
+    expect_eq drift.check.tsc_aux_changed_bits 0x7000 "$(hx "$(jval changed_bits /tmp/obj)")"
+    jobjs drift | grep -i '"msr":"0x0*20e"' >/tmp/obj
+    # Only the bits inside the mask count by default: the type bits (0x6) are not drift.
+    expect_eq drift.check.physbase7_changed_bits_in_mask 0xab0000000 "$(hx "$(jval changed_bits /tmp/obj)")"
+    expect_eq drift.check.writes_no_register "" "$(cat /tmp/w)"
+    run $MSRSAVE check $W/s2.json
+    expect_rc drift.check_readable.exit_1 1
+    if grep -qi 'c0000103' /tmp/out /tmp/err && grep -qi '0x0*20e' /tmp/out /tmp/err; then
+        pass drift.check_readable.names_both_registers
+    else
+        fail drift.check_readable.names_both_registers "the report does not name 0xC0000103 and 0x20E"
+        attach /tmp/out
+        attach /tmp/err
+    fi
+
+    trace_start
+    run $MSRSAVE --json restore $W/s2.json
+    trace_stop /tmp/w
+    expect_rc drift.restore.exit_0 0
+    expect_eq drift.restore.json_ok true "$(jval ok)"
+    expect_eq drift.restore.json_failures "" "$(jobjs failures)"
+    expect_eq drift.restore.json_written 2 "$(jval written)"
+    expect_eq drift.restore.tsc_aux_cpu2_back 0x2 "$(hx "$(rd 2 $TSC_AUX)")"
+    # Masked bits from the save file, unmasked bits as the job left them.
+    expected_pb=$(hx16 "(($pb_saved) & 0x0000000FFFFFF000) | ($JOB_PHYSBASE7_CPU1 & ~0x0000000FFFFFF000)")
+    expect_eq drift.restore.physbase7_masked_bits_only "$(hx "$expected_pb")" "$(hx "$(rd 1 $PHYSBASE7)")"
+    # What the kernel executed: exactly two wrmsr, each on its CPU, with those values.
+    expect_eq drift.restore.kernel_wrmsr_exactly "1 0x20e $(hx "$expected_pb"),2 0xc0000103 0x2" "$(tr '\n' ',' </tmp/w | sed 's/,$//')"
+
+    run $MSRSAVE --json check $W/s2.json
+    expect_rc drift.check_after_restore.exit_0 0
+    expect_eq drift.check_after_restore.clean true "$(jval clean)"
+    run $MSRSAVE --json check --all-bits $W/s2.json
+    expect_rc drift.check_all_bits.exit_1 1
+    expect_eq drift.check_all_bits.only_physbase7_type_bits "1 0x20e" "$(cpu_msr_pairs drift | tr '\n' ',' | sed 's/,$//')"
+}
+
+# 3. The stock driver refuses writes (allow_writes=off), and a non-root user gets an explanation.
+scenario_refuse() {
+    trace_setup || fail refuse.tracefs "no msr:write_msr tracepoint"
+    run $MSRSAVE --json save $W/s3.json
+    expect_rc refuse.save.exit_0 0
+    for c in 0 1 2 3; do wr $c $TSC_AUX $((0x7000 + c)); done
+    wr 1 $PHYSBASE7 $JOB_PHYSBASE7_CPU1
+    sum=$(sha256sum $W/s3.json | cut -d' ' -f1)
+    mtime=$(stat -c %Y $W/s3.json)
+    if reload_msr off; then pass refuse.reload_allow_writes_off; else fail refuse.reload_allow_writes_off "rmmod/insmod failed"; fi
+
+    trace_start
+    run $MSRSAVE --json restore $W/s3.json
+    trace_stop /tmp/w
+    expect_rc refuse.restore.exit_1 1
+    expect_eq refuse.restore.json_ok false "$(jval ok)"
+    expect_eq refuse.restore.failures_name_each_register "0 0xc0000103,1 0x20e,1 0xc0000103,2 0xc0000103,3 0xc0000103" \
+        "$(cpu_msr_pairs failures | tr '\n' ',' | sed 's/,$//')"
+    n_eperm=$(jobjs failures | grep -c '"error":"EPERM')
+    expect_eq refuse.restore.each_failure_is_eperm 5 "$n_eperm"
+    expect_eq refuse.restore.no_wrmsr_reached_a_cpu "" "$(cat /tmp/w)"
+    expect_eq refuse.restore.save_file_untouched "$sum $mtime" "$(sha256sum $W/s3.json | cut -d' ' -f1) $(stat -c %Y $W/s3.json)"
+    expect_eq refuse.restore.registers_as_the_job_left_them "0x7000 0x7001 0x7002 0x7003 $(hx $JOB_PHYSBASE7_CPU1)" \
+        "$(hx "$(rd 0 $TSC_AUX)") $(hx "$(rd 1 $TSC_AUX)") $(hx "$(rd 2 $TSC_AUX)") $(hx "$(rd 3 $TSC_AUX)") $(hx "$(rd 1 $PHYSBASE7)")"
+    run $MSRSAVE restore $W/s3.json
+    expect_rc refuse.restore_readable.exit_1 1
+    if grep -q 'EPERM' /tmp/out /tmp/err && grep -q 'allow_writes' /tmp/out /tmp/err; then
+        pass refuse.restore_readable.explains_eperm_and_allow_writes
+    else
+        fail refuse.restore_readable.explains_eperm_and_allow_writes "no EPERM and msr.allow_writes in the report"
+        attach /tmp/out
+        attach /tmp/err
+    fi
+    if reload_msr on; then pass refuse.reload_allow_writes_on; else fail refuse.reload_allow_writes_on "rmmod/insmod failed"; fi
+
+    # Not root: the nodes are 0600 root (EACCES); even mode 0666 needs CAP_SYS_RAWIO (EPERM).
+    mkdir -p /tmp/job && chown 1000:1000 /tmp/job
+    cp $W/s3.json /tmp/job/s3.json && chown 1000:1000 /tmp/job/s3.json
+    for mode in 0600 0666; do
+        chmod $mode /dev/cpu/*/msr
+        for cmd in save restore; do
+            case $cmd in
+                save) run rawmsr runas 1000 1000 msrsave --backend msr --allowlist "$AL" save /tmp/job/n-save.json ;;
+                restore) run rawmsr runas 1000 1000 msrsave --backend msr --allowlist "$AL" restore /tmp/job/s3.json ;;
+            esac
+            expect_rc "refuse.nonroot.mode$mode.$cmd.exit_2" 2
+            if grep -q 'CAP_SYS_RAWIO' /tmp/out /tmp/err && grep -q 'root' /tmp/out /tmp/err; then
+                pass "refuse.nonroot.mode$mode.$cmd.explains_root_or_cap_sys_rawio"
+            else
+                fail "refuse.nonroot.mode$mode.$cmd.explains_root_or_cap_sys_rawio" "no mention of root and CAP_SYS_RAWIO"
+                attach /tmp/out
+                attach /tmp/err
+            fi
+        done
+        if [ -e /tmp/job/n-save.json ]; then
+            fail "refuse.nonroot.mode$mode.no_save_file" "/tmp/job/n-save.json exists"
+            rm -f /tmp/job/n-save.json
+        else
+            pass "refuse.nonroot.mode$mode.no_save_file"
+        fi
+    done
+    chmod 0600 /dev/cpu/*/msr
+}
+
+# 4. CPU hotplug between save and restore, and a save on a node with a CPU offline.
+scenario_hotplug() {
+    run $MSRSAVE --json save $W/s4.json
+    expect_save_json hotplug.save_4_cpus 4
+    for c in 0 1 2 3; do wr $c $TSC_AUX $((0x7000 + c)); done
+    echo 0 >/sys/devices/system/cpu/cpu3/online
+    expect_eq hotplug.cpu3_offline 0-2 "$(cat /sys/devices/system/cpu/online)"
+
+    run $MSRSAVE --json restore $W/s4.json
+    expect_rc hotplug.restore.exit_1 1
+    expect_eq hotplug.restore.json_ok false "$(jval ok)"
+    expect_eq hotplug.restore.json_offline_cpus 3 "$(jlist offline_cpus)"
+    others=$(cpu_msr_pairs failures | awk '$1 != 3' | tr '\n' ',')
+    expect_eq hotplug.restore.no_failure_on_online_cpus "" "$others"
+    expect_eq hotplug.restore.json_written 3 "$(jval written)"
+    for c in 0 1 2; do
+        expect_eq "hotplug.restore.cpu$c.restored" "$(hx $c)" "$(hx "$(rd $c $TSC_AUX)")"
+    done
+    run $MSRSAVE restore $W/s4.json
+    expect_rc hotplug.restore_readable.exit_1 1
+    if grep -Eiq 'cpu 3.*offline|offline.*(cpu 3|cpus? 3)' /tmp/out /tmp/err; then
+        pass hotplug.restore_readable.says_cpu3_offline
+    else
+        fail hotplug.restore_readable.says_cpu3_offline "the report does not say that CPU 3 is offline"
+        attach /tmp/out
+        attach /tmp/err
+    fi
+
+    run $MSRSAVE --json save $W/s4-3cpus.json
+    expect_save_json hotplug.save_3_cpus 3
+    expect_eq hotplug.save_3_cpus.cpus_recorded "0 1 2" "$(tr -d ' \t\r\n' <$W/s4-3cpus.json >/tmp/sf; jlist cpus /tmp/sf)"
+    for c in 0 1 2; do
+        expect_eq "hotplug.save_3_cpus.tsc_aux.cpu$c" "$(hx $c)" "$(hx "$(saved $W/s4-3cpus.json $c $TSC_AUX)")"
+    done
+    echo 1 >/sys/devices/system/cpu/cpu3/online
+}
+
+# 5. Audit: nothing outside the allowlist and no bit outside a mask is ever written.
+scenario_audit() {
+    trace_setup || fail audit.tracefs "no msr:write_msr tracepoint"
+    dump /tmp/before
+    trace_start
+    run $MSRSAVE --json save $W/s5.json
+    trace_stop /tmp/w
+    expect_rc audit.save.exit_0 0
+    expect_eq audit.save.writes_no_register "" "$(cat /tmp/w)"
+
+    # The job changes every register it can on every CPU, inside and outside the masks, and
+    # registers outside the allowlist.
+    for c in $(online_cpus); do
+        wr "$c" $TSC_AUX $((0x5000 + c))
+        wr "$c" $PHYSBASE7 0x0000000CD0000005
+        wr "$c" $PAT 0x0101010101010101
+        wr "$c" $SYSENTER_CS 0x23
+        wr "$c" 0x20C $((0x0000000AB0000006 + (c << 12)))
+        wr "$c" 0x20D 0x0000000FF0000000
+        wr "$c" 0x20F 0x0000000FC0000000
+    done
+    dump /tmp/mid
+
+    trace_start
+    run $MSRSAVE --json check $W/s5.json
+    trace_stop /tmp/w
+    expect_rc audit.check.exit_1 1
+    expect_eq audit.check.writes_no_register "" "$(cat /tmp/w)"
+
+    trace_start
+    run $MSRSAVE --json restore $W/s5.json
+    trace_stop /tmp/writes
+    expect_rc audit.restore.exit_0 0
+    dump /tmp/after
+
+    bad_value=""
+    bad_outside=""
+    n_expected_writes=0
+    for c in $(online_cpus); do
+        for m in $ALLOWLISTED; do
+            k=$(mask_of "$m")
+            b=$(val /tmp/before "$c" "$m")
+            j=$(val /tmp/mid "$c" "$m")
+            want=$(hx "$(hx16 "($b & $k) | ($j & ~$k)")")
+            got=$(hx "$(val /tmp/after "$c" "$m")")
+            [ "$want" = "$got" ] || bad_value="$bad_value cpu$c/$m:want=$want,got=$got"
+            [ "$want" = "$(hx "$j")" ] || n_expected_writes=$((n_expected_writes + 1))
+        done
+        for m in $OUTSIDE_MSRS; do
+            [ "$(val /tmp/mid "$c" "$m")" != "$(val /tmp/before "$c" "$m")" ] ||
+                bad_outside="$bad_outside cpu$c/$m:the-job-did-not-change-it"
+            [ "$(val /tmp/after "$c" "$m")" = "$(val /tmp/mid "$c" "$m")" ] ||
+                bad_outside="$bad_outside cpu$c/$m:changed-by-restore"
+        done
+    done
+    expect_eq audit.restore.allowlisted_masked_bits_back_unmasked_bits_kept "" "$bad_value"
+    expect_eq audit.restore.outside_allowlist_untouched "" "$bad_outside"
+
+    # Every wrmsr that went through the msr driver during the restore.
+    bad_write=""
+    while read -r c m v; do
+        k=$(mask_of "$m")
+        if [ -z "$k" ]; then
+            bad_write="$bad_write cpu$c/$m:not-in-allowlist"
+            continue
+        fi
+        [ "$(hx "$k")" != 0x0 ] || bad_write="$bad_write cpu$c/$m:read-only(mask-0)"
+        j=$(val /tmp/mid "$c" "$m")
+        b=$(val /tmp/before "$c" "$m")
+        [ "$(hx "$(hx16 "$v & ~$k")")" = "$(hx "$(hx16 "$j & ~$k")")" ] || bad_write="$bad_write cpu$c/$m:bits-outside-mask-changed($v)"
+        [ "$(hx "$(hx16 "$v & $k")")" = "$(hx "$(hx16 "$b & $k")")" ] || bad_write="$bad_write cpu$c/$m:masked-bits-not-the-saved-ones($v)"
+    done </tmp/writes
+    expect_eq audit.restore.each_wrmsr_allowlisted_and_within_mask "" "$bad_write"
+    n_writes=$(grep -c . /tmp/writes)
+    expect_eq audit.restore.wrmsr_count_equals_registers_to_restore "$n_expected_writes" "$n_writes"
+    dup=$(cut -d' ' -f1,2 /tmp/writes | sort | uniq -d | tr '\n' ',')
+    expect_eq audit.restore.no_register_written_twice "" "$dup"
+    info "audit: $n_writes wrmsr through the msr driver during restore"
+
+    run $MSRSAVE --json check $W/s5.json
+    expect_rc audit.check_after_restore.exit_0 0
+}
+
 case "$SCENARIO" in
     driver) scenario_driver ;;
+    save) scenario_save ;;
+    drift) scenario_drift ;;
+    refuse) scenario_refuse ;;
+    hotplug) scenario_hotplug ;;
+    audit) scenario_audit ;;
     *)
         echo "scenarios.sh: unknown scenario '$SCENARIO'"
         fail "scenario.$SCENARIO" "unknown scenario"
