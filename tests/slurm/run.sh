@@ -26,6 +26,14 @@ for a in "$@"; do
 done
 [[ $(id -u) == 0 ]] || die "run as root"
 
+# One test cluster per machine at a time (same scratch dir, same ports): wait for another run of
+# this script to finish. The daemons do not inherit the lock (9>&- where they are started).
+exec 9>"$MSR_SLURM_DIR.lock"
+if ! flock -n 9; then
+    log "another tests/slurm/run.sh holds $MSR_SLURM_DIR.lock: waiting (up to 30 min)"
+    flock -w 1800 9 || die "$MSR_SLURM_DIR.lock still held after 30 min"
+fi
+
 PASSED=0 FAILED=0
 pass() { printf 'PASS: %s\n' "$*"; PASSED=$((PASSED + 1)); }
 fail() { printf 'FAIL: %s\n' "$*"; FAILED=$((FAILED + 1)); }
@@ -113,9 +121,9 @@ plugstack "required $PLUGIN $PLUG_ARGS"
 : >"$MSR_SLURM_DIR/etc/healthcheck.args"
 mkdir -p "$JOBS" && chmod 1777 "$JOBS"
 rm -f "$JOBS"/*
-MSR_SLURM_HC_INTERVAL=5 "$here/setup.sh" --no-install || die "the SLURM cluster did not start"
+MSR_SLURM_HC_INTERVAL=5 "$here/setup.sh" --no-install 9>&- || die "the SLURM cluster did not start"
 
-restart_slurmd() { "$here/start-slurmd.sh" "$@" >/dev/null; }
+restart_slurmd() { "$here/start-slurmd.sh" "$@" >/dev/null 9>&-; }
 
 # submit SCRIPT_BODY [sbatch options]: submit a batch job as the test user, print its id.
 submit() {
