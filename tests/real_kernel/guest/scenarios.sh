@@ -206,6 +206,7 @@ trace_stop() {
 
 # The facts of this kernel and QEMU that the other scenarios build on, checked with rawmsr alone.
 scenario_driver() {
+    taint_boot=$(cat /proc/sys/kernel/tainted)
     for c in $(online_cpus); do
         expect_eq "driver.tsc_aux_is_cpu_number.cpu$c" "$(hx "$c")" "$(hx "$(rd "$c" $TSC_AUX)")"
     done
@@ -221,6 +222,10 @@ scenario_driver() {
     wr 1 $PHYSBASE7 0x0000000AB0000006
     taskset 1 rawmsr write 3 $TSC_AUX 0x3003
     trace_stop /tmp/w
+    # Every write through the stock driver taints the kernel (TAINT_CPU_OUT_OF_SPEC, 4, "S"),
+    # even with allow_writes=on.
+    expect_eq driver.untainted_at_boot 0 "$taint_boot"
+    expect_eq driver.write_taints_kernel_cpu_out_of_spec 4 "$(($(cat /proc/sys/kernel/tainted) & 4))"
     expect_eq driver.keeps_written_value.physbase7 0xab0000006 "$(hx "$(rd 1 $PHYSBASE7)")"
     expect_eq driver.keeps_written_value.tsc_aux 0x3003 "$(hx "$(rd 3 $TSC_AUX)")"
     expect_eq driver.trace_sees_each_write_on_its_cpu "1 0x20e 0xab0000006 3 0xc0000103 0x3003" "$(tr '\n' ' ' </tmp/w | sed 's/ $//')"
@@ -383,6 +388,7 @@ scenario_drift() {
     run $MSRSAVE --json restore $W/s2.json
     trace_stop /tmp/w
     expect_rc drift.restore.exit_0 0
+    info_output "restore --json"
     expect_eq drift.restore.json_ok true "$(jval ok)"
     expect_eq drift.restore.json_failures "" "$(jobjs failures)"
     expect_eq drift.restore.json_written 2 "$(jval written)"
@@ -435,6 +441,21 @@ scenario_refuse() {
         attach /tmp/out
         attach /tmp/err
     fi
+
+    # The kernel's default mode (allow_writes=default, what a node has unless configured): writes
+    # go through, and the kernel logs each write to an MSR it does not recognise and taints itself.
+    if reload_msr default; then pass refuse.reload_allow_writes_default; else fail refuse.reload_allow_writes_default "rmmod/insmod failed"; fi
+    taint_before=$(cat /proc/sys/kernel/tainted)
+    dmesg -c >/dev/null
+    run $MSRSAVE --json restore $W/s3.json
+    expect_rc refuse.allow_writes_default.restore.exit_0 0
+    expect_eq refuse.allow_writes_default.restore.json_written 5 "$(jval written)"
+    expect_eq refuse.allow_writes_default.restored "0x0 0x1 0x2 0x3" \
+        "$(hx "$(rd 0 $TSC_AUX)") $(hx "$(rd 1 $TSC_AUX)") $(hx "$(rd 2 $TSC_AUX)") $(hx "$(rd 3 $TSC_AUX)")"
+    taint_after=$(cat /proc/sys/kernel/tainted)
+    n_logged=$(dmesg | grep -c 'Write to unrecognized MSR')
+    info "allow_writes=default: taint flags $taint_before -> $taint_after (the job's writes had set S already); $n_logged 'Write to unrecognized MSR' line(s), the kernel allows one per 30 s:"
+    dmesg | grep 'unrecognized MSR' | sed -n '1,3s/^/INFO   /p'
     if reload_msr on; then pass refuse.reload_allow_writes_on; else fail refuse.reload_allow_writes_on "rmmod/insmod failed"; fi
 
     # Not root: the nodes are 0600 root (EACCES); even mode 0666 needs CAP_SYS_RAWIO (EPERM).
@@ -503,6 +524,9 @@ scenario_hotplug() {
         attach /tmp/err
     fi
 
+    run $MSRSAVE check $W/s4.json
+    info "check with CPU 3 offline exits $RC:"
+    info_output "check with CPU 3 offline"
     run $MSRSAVE --json save $W/s4-3cpus.json
     expect_save_json hotplug.save_3_cpus 3
     expect_eq hotplug.save_3_cpus.cpus_recorded "0 1 2" "$(tr -d ' \t\r\n' <$W/s4-3cpus.json >/tmp/sf; jlist cpus /tmp/sf)"
