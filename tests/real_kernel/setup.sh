@@ -37,12 +37,23 @@ need=()
 pkg_installed qemu-system-x86 || need+=(qemu-system-x86)
 pkg_installed busybox-static || need+=(busybox-static)
 command -v xz >/dev/null || need+=(xz-utils)
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends install "$@" >&2; then
+        apt_update_once
+        as_root apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends install "$@" >&2
+    fi
+}
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends install "${need[@]}" >&2; then
-        apt_update_once
-        as_root apt-get -o DPkg::Lock::Timeout=600 -q -y --no-install-recommends install "${need[@]}" >&2
+    had_qemu_utils=0
+    if pkg_installed qemu-utils; then had_qemu_utils=1; fi
+    apt_install "${need[@]}"
+    # A machine with a newer qemu-utils (from backports) loses it: qemu-system-x86 from bookworm
+    # conflicts with it. Put back bookworm's, so that qemu-img stays there.
+    if [ "$had_qemu_utils" = 1 ] && ! pkg_installed qemu-utils; then
+        log "reinstalling qemu-utils (apt removed a newer one for qemu-system-x86)"
+        apt_install qemu-utils
     fi
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after install"
