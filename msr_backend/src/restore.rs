@@ -60,7 +60,7 @@ impl RegisterFailure {
             stage: Stage::Offline,
             code: "OFFLINE".to_string(),
             error: format!(
-                "CPU {cpu} is in the save file but not online now; its registers were not restored"
+                "CPU {cpu} is in the save file but not online now; its registers were skipped"
             ),
         }
     }

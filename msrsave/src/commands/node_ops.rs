@@ -241,7 +241,7 @@ pub fn restore(
         line(
             &mut human,
             format!(
-                "{} registers or CPUs were NOT restored:",
+                "{} register(s) or CPU(s) were NOT restored:",
                 report.failures.len()
             ),
         );
