@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Install every artifact of msr-restore into DESTDIR with the layout of one distribution.
+# The single place that says where each file goes and with which mode: the Debian package
+# (packaging/build.sh) and the RPM (%install in packaging/rpm/msr-restore.spec) both use it.
+#
+#   packaging/stage.sh --flavor deb|rpm [--target-dir DIR] [--gen-dir DIR] [--strip] DESTDIR
+#
+#   --target-dir DIR  cargo's target directory holding release/msrsave and, when the SPANK
+#                     plugin is built, release/libspank_msr.so (default: <repo>/target)
+#   --gen-dir DIR     output of msrsave-docs: man/*.1 and completions/ (default: TARGET/packaging/gen)
+#   --strip           strip the binaries (the .deb; rpmbuild strips and splits debuginfo itself)
+#
+# Prints one line per optional part telling whether it was staged (spank_msr, allowlists,
+# pbs_hook, torque, man pages): an absent part is reported, not an error.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+files="$here/files"
+
+flavor="" target="" gen="" strip=0 dest=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --flavor) flavor=$2; shift 2 ;;
+        --target-dir) target=$2; shift 2 ;;
+        --gen-dir) gen=$2; shift 2 ;;
+        --strip) strip=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -*) echo "stage.sh: unknown option $1" >&2; exit 2 ;;
+        *) [ -z "$dest" ] || { echo "stage.sh: one DESTDIR only" >&2; exit 2; }; dest=$1; shift ;;
+    esac
+done
+[ -n "$dest" ] || { echo "stage.sh: DESTDIR missing" >&2; exit 2; }
+target=${target:-$repo/target}
+gen=${gen:-$target/packaging/gen}
+
+# Paths that differ between the distributions.
+case "$flavor" in
+    deb)
+        unitdir=/lib/systemd/system
+        slurm_plugindir=/usr/lib/x86_64-linux-gnu/slurm-wlm
+        zshdir=/usr/share/zsh/vendor-completions
+        prom_dir=/var/lib/prometheus/node-exporter
+        so_mode=0644 ;;   # Debian policy: shared objects are not executable
+    rpm)
+        unitdir=/usr/lib/systemd/system
+        slurm_plugindir=/usr/lib64/slurm
+        zshdir=/usr/share/zsh/site-functions
+        prom_dir=/var/lib/node_exporter/textfile_collector
+        so_mode=0755 ;;   # RPM: rpm strips and extracts debuginfo from executable objects only
+    *) echo "stage.sh: --flavor must be deb or rpm" >&2; exit 2 ;;
+esac
+plugstack_dir=/etc/slurm/plugstack.conf.d
+libexecdir=/usr/libexec/msr-restore
+datadir=/usr/share/msr-restore
+docdir=/usr/share/doc/msr-restore
+
+mkdir -p "$dest"
+dest=$(cd "$dest" && pwd)
+
+inst() { # inst MODE SRC DEST-PATH
+    install -D -m "$1" "$2" "$dest$3"
+}
+subst() { # subst MODE SRC DEST-PATH: copy with @VARIABLES@ replaced
+    mkdir -p "$(dirname "$dest$3")"
+    sed -e "s|@SLURM_PLUGINDIR@|$slurm_plugindir|g" \
+        -e "s|@PLUGSTACK_DIR@|$plugstack_dir|g" \
+        -e "s|@PROM_DIR@|$prom_dir|g" \
+        -e "s|@UNITDIR@|$unitdir|g" "$2" >"$dest$3"
+    chmod "$1" "$dest$3"
+}
+note() { echo "stage.sh: $*"; }
+
+# msrsave
+[ -x "$target/release/msrsave" ] || { echo "stage.sh: $target/release/msrsave is missing: run packaging/build.sh" >&2; exit 1; }
+inst 0755 "$target/release/msrsave" /usr/bin/msrsave
+[ "$strip" = 1 ] && strip --strip-unneeded --remove-section=.comment --remove-section=.note "$dest/usr/bin/msrsave"
+
+# Man pages and completions generated from the CLI definition (msrsave-docs).
+if [ -d "$gen/man" ] && compgen -G "$gen/man/*.1" >/dev/null; then
+    for m in "$gen"/man/*.1; do
+        inst 0644 "$m" "/usr/share/man/man1/$(basename "$m")"
+        gzip -9nf "$dest/usr/share/man/man1/$(basename "$m")"
+    done
+    inst 0644 "$gen/completions/msrsave.bash" /usr/share/bash-completion/completions/msrsave
+    inst 0644 "$gen/completions/_msrsave" "$zshdir/_msrsave"
+    inst 0644 "$gen/completions/msrsave.fish" /usr/share/fish/vendor_completions.d/msrsave.fish
+    note "man pages and completions: staged ($(ls "$gen"/man/*.1 | wc -l) man pages)"
+else
+    note "man pages and completions: ABSENT (no $gen/man: msrsave-docs not run)"
+fi
+
+# Configuration shared by the CLI, the SPANK plugin and the PBS hook.
+inst 0644 "$files/msr-restore.conf" /etc/msr-restore/msr-restore.conf
+
+# Boot-time allowlist load and baseline; the optional periodic check for Prometheus.
+inst 0755 "$files/msr-restore-boot" "$libexecdir/msr-restore-boot"
+inst 0644 "$files/msr-restore-baseline.service" "$unitdir/msr-restore-baseline.service"
+subst 0644 "$files/msr-restore-check.service" "$unitdir/msr-restore-check.service"
+inst 0644 "$files/msr-restore-check.timer" "$unitdir/msr-restore-check.timer"
+install -d -m 0755 "$dest/var/lib/msr-restore"
+
+# NHC check, udev rules (optional, not active).
+inst 0644 "$files/msr_restore.nhc" /etc/nhc/scripts/msr_restore.nhc
+inst 0644 "$files/99-msr_safe.rules" "$datadir/udev/99-msr_safe.rules"
+
+# Allowlists picked per CPU by `msrsave allowlist load --auto`.
+if compgen -G "$repo/allowlists/al_*" >/dev/null; then
+    install -d -m 0755 "$dest$datadir/allowlists"
+    for f in "$repo"/allowlists/*; do
+        [ -f "$f" ] && inst 0644 "$f" "$datadir/allowlists/$(basename "$f")"
+    done
+    note "allowlists: staged ($(compgen -G "$dest$datadir/allowlists/al_*" | wc -l) lists)"
+else
+    install -d -m 0755 "$dest$datadir/allowlists"
+    note "allowlists: ABSENT (no $repo/allowlists/al_*)"
+fi
+
+# SLURM SPANK plugin (when spank_msr is built) and its plugstack.conf snippet (commented out).
+if [ -f "$target/release/libspank_msr.so" ]; then
+    inst "$so_mode" "$target/release/libspank_msr.so" "$slurm_plugindir/spank_msr.so"
+    [ "$strip" = 1 ] && strip --strip-unneeded --remove-section=.comment --remove-section=.note "$dest$slurm_plugindir/spank_msr.so"
+    snippet="$files/plugstack-msr-restore.conf"
+    [ -f "$repo/packaging/slurm/plugstack.conf" ] && snippet="$repo/packaging/slurm/plugstack.conf"
+    subst 0644 "$snippet" "$plugstack_dir/msr-restore.conf"
+    note "spank_msr: staged ($slurm_plugindir/spank_msr.so)"
+else
+    note "spank_msr: ABSENT (no $target/release/libspank_msr.so)"
+fi
+
+# PBS hook (hook, its config, install script) and the Torque scripts, as pbs_hook/ lays them
+# out, under /usr/share/msr-restore/pbs; the install script copies them where PBS wants them.
+stage_tree() { # stage_tree SRC-DIR DEST-DIR: files keep their exec bit (0755) or get 0644
+    local src=$1 d=$2 f rel
+    while IFS= read -r -d '' f; do
+        rel=${f#"$src"/}
+        if [ -x "$f" ]; then inst 0755 "$f" "$d/$rel"; else inst 0644 "$f" "$d/$rel"; fi
+    done < <(find "$src" -type f ! -path '*/tests/*' ! -path '*/__pycache__/*' ! -name '*.pyc' \
+                  ! -name 'test_*' ! -name '*_test.py' ! -name 'conftest.py' -print0 | sort -z)
+}
+if [ -d "$repo/pbs_hook" ]; then
+    stage_tree "$repo/pbs_hook" "$datadir/pbs"
+    note "pbs_hook: staged ($(find "$dest$datadir/pbs" -type f | wc -l) files in $datadir/pbs)"
+else
+    note "pbs_hook: ABSENT (no $repo/pbs_hook)"
+fi
+
+# Documentation.
+inst 0644 "$here/README.md" "$docdir/README.md"
+inst 0644 "$here/debian/copyright" "$docdir/copyright"
+[ -f "$repo/README.md" ] && inst 0644 "$repo/README.md" "$docdir/README.project.md"
+[ -f "$repo/docs/interfaces.md" ] && inst 0644 "$repo/docs/interfaces.md" "$docdir/interfaces.md"
+exit 0
