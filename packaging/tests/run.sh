@@ -1,0 +1,504 @@
+#!/usr/bin/env bash
+# Package tests for msr-restore: build both packages, check their contents and modes, lint
+# them with the distributions' own tools, install the .deb into a clean Debian root
+# (debootstrap, cached) and run msrsave, the boot script and the NHC check there.
+#
+#   packaging/tests/run.sh [--skip-build]
+#
+# --skip-build  test the packages already in TARGET/packages (from packaging/build.sh)
+# Environment:
+#   MSR_TEST_CACHE   cache directory (default /var/cache/msr-restore-tests); this script uses
+#                    MSR_TEST_CACHE/pkg: the Debian root (made once by debootstrap, about a
+#                    minute) and promtool (from Debian's prometheus package)
+#   CARGO_TARGET_DIR cargo's target directory (default <repo>/target)
+#   KEEP=1           keep the scratch directory (the roots the packages were installed into)
+#
+# Prints PASS/FAIL/SKIP lines and ends with "N passed, M failed, K skipped"; exits non-zero
+# when anything failed. Needs root (debootstrap, chroot) and Debian's apt for its tools.
+set -uo pipefail
+umask 022
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=packaging/tools.sh
+. "$repo/packaging/tools.sh"
+
+skip_build=0
+for a in "$@"; do
+    case "$a" in
+        --skip-build) skip_build=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $a" >&2; exit 2 ;;
+    esac
+done
+
+target=${CARGO_TARGET_DIR:-$repo/target}
+out=$target/packages
+cache=${MSR_TEST_CACHE:-/var/cache/msr-restore-tests}/pkg
+suite="bookworm"
+mirror=${MSR_TEST_MIRROR:-http://deb.debian.org/debian}
+base_root=$cache/debian-$suite-minbase-systemd
+t_start=$SECONDS
+
+pass=0 fail=0 skip=0
+ok() { echo "PASS: $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+skipped() { echo "SKIP: $*"; skip=$((skip + 1)); }
+indent() { sed -e 's/^/    /' | tail -n "${1:-25}"; }
+# t NAME CMD...: PASS when CMD exits 0, else FAIL with the end of its output.
+t() {
+    local name=$1 o
+    shift
+    if o=$("$@" 2>&1); then ok "$name"; else bad "$name (exit $?)"; printf '%s\n' "$o" | indent; fi
+}
+# t_rc NAME RC CMD...: PASS when CMD exits with RC.
+t_rc() {
+    local name=$1 want=$2 o rc
+    shift 2
+    o=$("$@" 2>&1)
+    rc=$?
+    if [ "$rc" = "$want" ]; then ok "$name"; else bad "$name (exit $rc, expected $want)"; printf '%s\n' "$o" | indent; fi
+}
+finish() {
+    echo "run.sh: test time $((SECONDS - t_start))s${build_time:+ (package build ${build_time}s)}"
+    echo "$pass passed, $fail failed, $skip skipped"
+    [ "$fail" = 0 ]
+    exit $?
+}
+
+work=$(mktemp -d /tmp/msr-restore-pkgtest.XXXXXX)
+mounts=()
+cleanup() {
+    local m
+    for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "run.sh: kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------
+echo "== tools"
+if [ "$(id -u)" != 0 ]; then
+    bad "run as root (debootstrap, chroot and dpkg -i into the test root need it)"
+    finish
+fi
+if need_tools dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev rpm:rpm rpmbuild:rpm rpmlint:rpmlint \
+    debootstrap:debootstrap python3:python3 shellcheck:shellcheck lintian:lintian \
+    systemd-analyze:systemd nm:binutils man:man-db; then
+    ok "tools: dpkg-dev, rpm, rpmlint, lintian, debootstrap, shellcheck, systemd-analyze"
+else
+    bad "tools could not be installed"
+    finish
+fi
+
+# ---------------------------------------------------------------------------------------
+echo "== build"
+build_time=
+if [ "$skip_build" = 0 ]; then
+    t0=$SECONDS
+    if "$repo/packaging/build.sh" >"$work/build.log" 2>&1; then
+        build_time=$((SECONDS - t0))
+        ok "packaging/build.sh built both packages (${build_time}s)"
+    else
+        bad "packaging/build.sh failed"
+        indent 40 <"$work/build.log"
+        finish
+    fi
+fi
+if [ ! -f "$out/BUILDINFO" ]; then
+    bad "no $out/BUILDINFO: run packaging/build.sh"
+    finish
+fi
+# shellcheck disable=SC1091
+. "$out/BUILDINFO"
+deb_file=$out/$deb
+rpm_file=$out/$rpm
+echo "run.sh: version $version; SPANK plugin: $spank_msr; allowlists: $allowlists; PBS hook: $pbs_hook; man pages: $man_pages"
+
+# ---------------------------------------------------------------------------------------
+echo "== contents and modes"
+# "MODE PATH" of every file (and directory, with a trailing /) in each package.
+perm2oct() { # -rwxr-xr-x -> 0755 (no setuid bits are expected)
+    local p=$1 o=0 i d
+    for i in 0 3 6; do
+        d=0
+        [ "${p:$((i + 1)):1}" = r ] && d=$((d + 4))
+        [ "${p:$((i + 2)):1}" = w ] && d=$((d + 2))
+        case "${p:$((i + 3)):1}" in x|s|t) d=$((d + 1)) ;; esac
+        o=$o$d
+    done
+    echo "$o"
+}
+dpkg-deb -c "$deb_file" | while read -r perm owner _ _ _ path _; do
+    path=${path#.}
+    [ "$path" = / ] && continue
+    echo "$(perm2oct "$perm") ${path} ${owner}"
+done | sort -k2 >"$work/deb.list"
+rpm -qplv --nosignature "$rpm_file" 2>/dev/null | while read -r perm _ owner group _ _ _ _ path _; do
+    echo "$(perm2oct "$perm") $path $owner/$group"
+done | sort -k2 >"$work/rpm.list"
+
+# expect FLAVOR: the artifacts a package must hold, as "MODE PATH".
+expect() {
+    local unitdir plugindir zshdir so_mode
+    if [ "$1" = deb ]; then
+        unitdir=/lib/systemd/system plugindir=/usr/lib/x86_64-linux-gnu/slurm-wlm
+        zshdir=/usr/share/zsh/vendor-completions so_mode=0644
+    else
+        unitdir=/usr/lib/systemd/system plugindir=/usr/lib64/slurm
+        zshdir=/usr/share/zsh/site-functions so_mode=0755
+    fi
+    cat <<EOF
+0755 /usr/bin/msrsave
+0644 /etc/msr-restore/msr-restore.conf
+0755 /usr/libexec/msr-restore/msr-restore-boot
+0644 $unitdir/msr-restore-baseline.service
+0644 $unitdir/msr-restore-check.service
+0644 $unitdir/msr-restore-check.timer
+0755 /var/lib/msr-restore
+0644 /etc/nhc/scripts/msr_restore.nhc
+0644 /usr/share/msr-restore/udev/99-msr_safe.rules
+0755 /usr/share/msr-restore/allowlists
+0644 /usr/share/doc/msr-restore/README.md
+0644 /usr/share/doc/msr-restore/copyright
+EOF
+    if [ "$man_pages" = yes ]; then
+        cat <<EOF
+0644 /usr/share/man/man1/msrsave.1.gz
+0644 /usr/share/man/man1/msrsave-save.1.gz
+0644 /usr/share/man/man1/msrsave-restore.1.gz
+0644 /usr/share/man/man1/msrsave-check.1.gz
+0644 /usr/share/man/man1/msrsave-allowlist.1.gz
+0644 /usr/share/man/man1/msrsave-allowlist-load.1.gz
+0644 /usr/share/bash-completion/completions/msrsave
+0644 $zshdir/_msrsave
+0644 /usr/share/fish/vendor_completions.d/msrsave.fish
+EOF
+    fi
+    if [ "$spank_msr" = yes ]; then
+        echo "$so_mode $plugindir/spank_msr.so"
+        echo "0644 /etc/slurm/plugstack.conf.d/msr-restore.conf"
+    fi
+    [ "$1" = deb ] && echo "0644 /usr/share/doc/msr-restore/changelog.Debian.gz"
+    return 0
+}
+for flavor in deb rpm; do
+    missing=$(expect "$flavor" | while read -r mode path; do
+        got=$(awk -v p="$path" '$2 == p || $2 == p "/" {print $1; exit}' "$work/$flavor.list")
+        if [ -z "$got" ]; then echo "missing $path"; elif [ "$got" != "$mode" ]; then echo "$path has mode $got, expected $mode"; fi
+    done)
+    if [ -z "$missing" ]; then
+        ok "$flavor: all $(expect "$flavor" | wc -l) expected artifacts present with the right modes"
+    else
+        bad "$flavor: artifacts missing or with wrong modes"
+        printf '%s\n' "$missing" | indent
+    fi
+    # Nothing writable by group or others, nothing owned by anyone but root.
+    loose=$(awk '{ m = substr($1, 3, 2); if (m ~ /[2367]/ || $3 !~ /^root\/root$/) print }' "$work/$flavor.list" | grep -v ' -> ' || true)
+    if [ -z "$loose" ]; then ok "$flavor: every file root-owned, none group- or world-writable"; else bad "$flavor: loose files"; printf '%s\n' "$loose" | indent; fi
+done
+if [ "$allowlists" = yes ]; then
+    for flavor in deb rpm; do
+        n=$(grep -c ' /usr/share/msr-restore/allowlists/al_' "$work/$flavor.list")
+        wrong=$(grep ' /usr/share/msr-restore/allowlists/al_' "$work/$flavor.list" | grep -vc '^0644 ')
+        if [ "$n" -gt 0 ] && [ "$wrong" = 0 ]; then ok "$flavor: $n allowlists, mode 0644"; else bad "$flavor: $n allowlists, $wrong with a mode other than 0644"; fi
+    done
+else
+    skipped "allowlists: the tree has no allowlists/al_* yet"
+fi
+if [ "$pbs_hook" = yes ]; then
+    for flavor in deb rpm; do
+        n=$(grep -c ' /usr/share/msr-restore/pbs/.*[^/]$' "$work/$flavor.list")
+        [ "$n" -gt 0 ] && ok "$flavor: PBS hook and Torque scripts ($n files under /usr/share/msr-restore/pbs)" || bad "$flavor: no files under /usr/share/msr-restore/pbs"
+    done
+else
+    skipped "PBS hook and Torque scripts: the tree has no pbs_hook/ yet"
+fi
+[ "$spank_msr" = yes ] || skipped "SPANK plugin: spank_msr is not a workspace member yet (packages built without spank_msr.so)"
+
+# The two packages carry the same files, distribution paths aside.
+norm() {
+    sed -e 's|/usr/lib/x86_64-linux-gnu/slurm-wlm/|PLUGINDIR/|; s|/usr/lib64/slurm/|PLUGINDIR/|' \
+        -e 's|^/lib/systemd/system/|UNITDIR/|; s|^/usr/lib/systemd/system/|UNITDIR/|' \
+        -e 's|/usr/share/zsh/vendor-completions/|ZSH/|; s|/usr/share/zsh/site-functions/|ZSH/|' "$1" |
+        grep -v -e '^/usr/lib/.build-id' -e 'changelog.Debian.gz$' | sort
+}
+# Compare files only (directories differ: dpkg lists every parent, rpm only owned ones).
+grep -v '/$' "$work/deb.list" | awk '{print $2}' | grep -v '^$' >"$work/deb.files"
+rpm -qp --nosignature --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm_file" 2>/dev/null | awk '$1 !~ /^d/ && $1 !~ /^l/ {print $2}' >"$work/rpm.files"
+if diff <(norm "$work/deb.files" | grep -v '^$') <(norm "$work/rpm.files" | grep -v '^$') >"$work/files.diff"; then
+    ok "deb and rpm hold the same $(wc -l <"$work/rpm.files") files (distribution paths aside)"
+else
+    bad "deb and rpm differ (< deb, > rpm)"
+    indent <"$work/files.diff"
+fi
+
+# ---------------------------------------------------------------------------------------
+echo "== metadata and scripts"
+f() { dpkg-deb -f "$deb_file" "$1"; }
+t "deb: Package msr-restore, Version $version-1, Architecture amd64" \
+    test "$(f Package) $(f Version) $(f Architecture)" = "msr-restore $version-1 amd64"
+t "deb: Depends from dpkg-shlibdeps names libc6 ($(f Depends))" grep -q 'libc6 (>=' <<<"$(f Depends)"
+dpkg-deb --ctrl-tarfile "$deb_file" | tar -xO ./conffiles >"$work/conffiles" 2>/dev/null
+grep ' /etc/.*[^/]$' "$work/deb.list" | awk '{print $2}' | sort >"$work/etc-files"
+t "deb: every file under /etc is a conffile ($(wc -l <"$work/etc-files"))" diff <(sort "$work/conffiles") "$work/etc-files"
+rpm -qpc --nosignature "$rpm_file" 2>/dev/null | sort >"$work/rpm-config"
+grep ' /etc/.*[^/]$' "$work/rpm.list" | awk '{print $2}' | sort >"$work/rpm-etc-files"
+t "rpm: every file under /etc is %config(noreplace)" diff "$work/rpm-config" "$work/rpm-etc-files"
+t "rpm: Version $version, scriptlets preset the boot unit" \
+    bash -c "[ \"\$(rpm -qp --nosignature --qf '%{VERSION}' '$rpm_file')\" = '$version' ] &&
+             rpm -qp --nosignature --scripts '$rpm_file' | grep -q 'preset msr-restore-baseline.service'"
+
+# ---------------------------------------------------------------------------------------
+echo "== lint"
+o=$(rpmlint -c "$repo/packaging/rpm/rpmlint.toml" "$repo/packaging/rpm/msr-restore.spec" "$rpm_file" 2>&1)
+rc=$?
+summary=$(printf '%s\n' "$o" | grep -E 'checked;' | tail -n 1)
+if [ "$rc" = 0 ]; then ok "rpmlint spec and rpm: ${summary# }"; else bad "rpmlint (exit $rc): $summary"; printf '%s\n' "$o" | grep -E ': [EW]: ' | indent; fi
+o=$(lintian --no-tag-display-limit --suppress-tags-from-file "$here/lintian-suppressed" "$deb_file" 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && ! printf '%s\n' "$o" | grep -qE '^[EW]: '; then
+    ok "lintian: no errors or warnings$(printf '%s\n' "$o" | grep -cE '^[IP]: ' | sed 's/^0$//; s/^\(.\+\)$/ (\1 info notes)/')"
+else
+    bad "lintian (exit $rc)"
+    printf '%s\n' "$o" | grep -E '^[EW]: ' | indent 40
+fi
+shell_files=("$repo"/packaging/*.sh "$repo"/packaging/tests/*.sh "$repo/packaging/files/msr-restore-boot"
+    "$repo/packaging/files/msr_restore.nhc" "$repo"/packaging/debian/{postinst,prerm,postrm})
+t "shellcheck: ${#shell_files[@]} shell files (boot script, NHC check, maintainer scripts, build and test scripts)" \
+    shellcheck -x "${shell_files[@]}"
+# udev rules: every rule is KEY[{attr}]OP"value" pairs separated by commas.
+t "udev rules: syntax (KEY==\"value\", KEY=\"value\" pairs)" python3 - "$repo/packaging/files/99-msr_safe.rules" <<'EOF'
+import re, sys
+pair = r'\s*[A-Z_]+(\{[^}]*\})?\s*(==|!=|=|\+=|-=|:=)\s*"[^"]*"\s*'
+n = 0
+for i, line in enumerate(open(sys.argv[1]), 1):
+    s = line.strip()
+    if not s or s.startswith('#'):
+        continue
+    if not re.fullmatch(pair + '(,' + pair + ')*', s):
+        sys.exit(f"line {i}: not a udev rule: {s}")
+    if not re.search(r'(MODE|GROUP)=', s):
+        sys.exit(f"line {i}: sets neither MODE nor GROUP")
+    n += 1
+if n != 4:
+    sys.exit(f"{n} rules, expected 4 (msr_safe, msr_batch, msr_safe_version, msr_allowlist)")
+EOF
+if [ "$man_pages" = yes ]; then
+    mkdir -p "$work/deb-x"
+    dpkg-deb -x "$deb_file" "$work/deb-x"
+    o=$(for m in "$work"/deb-x/usr/share/man/man1/*.1.gz; do
+        LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$m" 2>&1 >/dev/null | sed "s|^|$(basename "$m"): |"
+    done)
+    n=$(ls "$work"/deb-x/usr/share/man/man1/*.1.gz | wc -l)
+    if [ -z "$o" ]; then ok "man pages: $n pages render without groff warnings"; else bad "man pages: groff warnings"; printf '%s\n' "$o" | indent; fi
+else
+    skipped "man pages: not built"
+fi
+
+# ---------------------------------------------------------------------------------------
+echo "== clean Debian root"
+make_base_root() {
+    mkdir -p "$cache"
+    exec 9>"$cache/.lock"
+    flock 9
+    if [ ! -f "$base_root/.msr-restore-root-complete" ]; then
+        echo "run.sh: debootstrap --variant=minbase --include=systemd $suite into $base_root (once; cached)"
+        rm -rf "$base_root.tmp"
+        if ! debootstrap --variant=minbase --include=systemd "$suite" "$base_root.tmp" "$mirror" >"$work/debootstrap.log" 2>&1; then
+            indent 20 <"$work/debootstrap.log"
+            rm -rf "$base_root.tmp"
+            flock -u 9
+            return 1
+        fi
+        rm -f "$base_root.tmp"/var/cache/apt/archives/*.deb
+        touch "$base_root.tmp/.msr-restore-root-complete"
+        rm -rf "$base_root"
+        mv "$base_root.tmp" "$base_root"
+    fi
+    flock -u 9
+}
+# new_root DIR: a fresh copy of the cached root, with /proc mounted.
+new_root() {
+    cp -a "$base_root" "$1" || return 1
+    mount -t proc proc "$1/proc" && mounts+=("$1/proc")
+    return 0
+}
+t0=$SECONDS
+if make_base_root; then
+    ok "Debian $suite minbase root with systemd ($((SECONDS - t0))s; cached in $base_root)"
+else
+    bad "debootstrap failed"
+    finish
+fi
+root=$work/deb-root
+new_root "$root"
+inroot() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 "$@"; }
+cp "$deb_file" "$root/tmp/"
+t "dpkg -i $(basename "$deb_file") into the clean root" inroot dpkg -i "/tmp/$(basename "$deb_file")"
+t "postinst enabled msr-restore-baseline.service (multi-user.target.wants), not the check timer" \
+    bash -c "[ -L '$root/etc/systemd/system/multi-user.target.wants/msr-restore-baseline.service' ] &&
+             [ ! -e '$root/etc/systemd/system/timers.target.wants/msr-restore-check.timer' ]"
+t "systemd-analyze verify: the installed units (in the root)" \
+    inroot systemd-analyze verify --man=no /lib/systemd/system/msr-restore-baseline.service \
+    /lib/systemd/system/msr-restore-check.service /lib/systemd/system/msr-restore-check.timer
+o=$(inroot systemd-analyze security --offline=true --no-pager /lib/systemd/system/msr-restore-baseline.service 2>&1 | tail -n 1)
+case "$o" in
+    *"Overall exposure level"*) ok "systemd-analyze security (offline) of the boot unit: ${o#*→ }" ;;
+    *) skipped "systemd-analyze security --offline not available: $o" ;;
+esac
+o=$(inroot msrsave --version 2>&1)
+t "msrsave --version in the root: '$o'" grep -q "$version" <<<"$o"
+t "msrsave demo in the root" inroot msrsave demo
+
+# An emulated node inside the root, with a small allowlist for CPU 06_55 in a test directory.
+mkdir -p "$root/tmp/t/al" "$root/tmp/t/b" "$root/tmp/t/empty/dev/cpu"
+cat >"$root/tmp/t/al/al_06_55" <<'EOF'
+# test allowlist for family 06 model 55
+0x00000010 0x0000000000000000
+0x00000199 0x000000000000FFFF
+0x000001B0 0x000000000000000F
+0x00000610 0x00FFFFFF00FFFFFF
+EOF
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\n' >"$root/tmp/t/test.conf"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\non_drift = log\n' >"$root/tmp/t/log.conf"
+t "msrsave emulate: a 4-CPU 06_55 node with msr-safe" \
+    inroot msrsave emulate /tmp/t/node --cpus 4 --cpu-model 06_55 --allowlist /tmp/t/al/al_06_55
+t "msrsave info on the emulated node reads the shipped config" inroot msrsave info --root /tmp/t/node
+: >"$root/tmp/t/node/dev/cpu/msr_allowlist"   # as after boot: msr-safe loaded with an empty list
+
+echo "== boot script (msr-restore-baseline.service's ExecStart)"
+boot() { inroot env MSR_RESTORE_CONFIG="$1" MSR_RESTORE_ROOT="$2" /usr/libexec/msr-restore/msr-restore-boot; }
+o=$(boot /tmp/t/test.conf /tmp/t/node 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && [ -s "$root/tmp/t/b/baseline.json" ] && grep -q '0x00000199' "$root/tmp/t/node/dev/cpu/msr_allowlist"; then
+    ok "known CPU: allowlist al_06_55 loaded into msr-safe, baseline written"
+else
+    bad "known CPU (exit $rc)"; printf '%s\n' "$o" | indent
+fi
+inroot msrsave emulate /tmp/t/unknown --cpus 2 --cpu-model 06_01 --allowlist /tmp/t/al/al_06_55 >/dev/null 2>&1
+: >"$root/tmp/t/unknown/dev/cpu/msr_allowlist"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/unknown.json\n' >"$root/tmp/t/unknown.conf"
+o=$(boot /tmp/t/unknown.conf /tmp/t/unknown 2>&1)
+rc=$?
+if [ "$rc" != 0 ] && [ ! -e "$root/tmp/t/b/unknown.json" ] && grep -q 'FAILED: no allowlist was loaded' <<<"$o" &&
+    grep -qiE 'no (allowlist|list) for this CPU|06_01|al_06_1' <<<"$o"; then
+    ok "unknown CPU 06_01: fails (exit $rc) saying no allowlist was loaded, takes no baseline"
+else
+    bad "unknown CPU (exit $rc): expected a failure naming the CPU and no baseline"; printf '%s\n' "$o" | indent
+fi
+printf '%s\n' "$o" | grep -m 2 -iE 'error|no list' | indent 2
+o=$(boot /tmp/t/test.conf /tmp/t/empty 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && grep -q SKIPPED <<<"$o"; then ok "no msr_safe and no msr driver: skips with a message, exit 0"; else bad "no devices (exit $rc)"; printf '%s\n' "$o" | indent; fi
+
+echo "== drift check and Prometheus textfile"
+promtool=
+get_promtool() {
+    [ -x "$cache/promtool/usr/bin/promtool" ] && { promtool=$cache/promtool/usr/bin/promtool; return 0; }
+    mkdir -p "$cache/promtool.tmp" && (cd "$cache/promtool.tmp" && apt-get download prometheus >/dev/null 2>&1) || return 1
+    dpkg-deb -x "$cache"/promtool.tmp/prometheus_*.deb "$cache/promtool.tmp/x" || return 1
+    mkdir -p "$cache/promtool/usr/bin"
+    mv "$cache/promtool.tmp/x/usr/bin/promtool" "$cache/promtool/usr/bin/promtool"
+    rm -rf "$cache/promtool.tmp"
+    promtool=$cache/promtool/usr/bin/promtool
+}
+get_promtool || true
+prom_ok() { # prom_ok NAME FILE EXPECTED-DRIFT-REGISTERS
+    local name=$1 file=$2 drift=$3 o now
+    now=$(date +%s)
+    if o=$(python3 "$here/promcheck.py" "$file" --require msr_restore_check_timestamp_seconds \
+        --gauge-range msr_restore_check_timestamp_seconds $((now - 300)) $((now + 5)) \
+        --gauge-range msr_restore_drift_registers "$drift" "$drift" 2>&1); then
+        ok "$name: valid exposition format, drift_registers = $drift, last check time now ($(grep -c '^msr_' "$file") samples)"
+    else
+        bad "$name"; printf '%s\n' "$o" | indent
+    fi
+    if [ -n "$promtool" ]; then
+        if o=$("$promtool" check metrics <"$file" 2>&1); then ok "$name: promtool check metrics"; else bad "$name: promtool check metrics"; printf '%s\n' "$o" | indent; fi
+    fi
+}
+t_rc "msrsave check of the node against its baseline: clean (exit 0)" 0 \
+    inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/clean.prom
+prom_ok "--prometheus after a clean check" "$root/tmp/t/clean.prom" 0
+[ -n "$promtool" ] || skipped "promtool: could not fetch Debian's prometheus package"
+# A job leaves IA32_PERF_CTL (0x199) changed on CPU 2: 8 bytes at offset 8*0x199.
+poke() { printf "$2" | dd of="$root/tmp/t/node/dev/cpu/$1/msr_safe" bs=1 seek=$((8 * 0x199)) conv=notrunc status=none; }
+poke 2 '\x34\x12\x00\x00\x00\x00\x00\x00'
+t_rc "msrsave check after a register changed: drift (exit 1)" 1 \
+    inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/drift.prom
+prom_ok "--prometheus after drift" "$root/tmp/t/drift.prom" 1
+
+echo "== NHC check (check_msr_drift)"
+cp "$here/nhc-harness.sh" "$root/tmp/t/"
+nhc() { inroot env MSR_RESTORE_CONFIG="$1" bash /tmp/t/nhc-harness.sh /etc/nhc/scripts check_msr_drift "${@:2}"; }
+o=$(nhc /tmp/t/test.conf -r /tmp/t/node -p /tmp/t/nhc.prom 2>&1)
+rc=$?
+if [ "$rc" = 1 ] && grep -q 'Health check failed:  check_msr_drift:  .*drift' <<<"$o"; then
+    ok "drift: the check fails through die with msrsave's summary"
+    printf '%s\n' "$o" | grep -m 1 'Health check failed' | indent 1
+else
+    bad "drift: expected die (exit $rc)"; printf '%s\n' "$o" | indent
+fi
+[ -s "$root/tmp/t/nhc.prom" ] && ok "-p wrote the Prometheus textfile" || bad "-p wrote no Prometheus textfile"
+t_rc "drift with -l: logged, check passes" 0 nhc /tmp/t/test.conf -r /tmp/t/node -l
+t_rc "drift with on_drift = log in the config: logged, check passes" 0 nhc /tmp/t/log.conf -r /tmp/t/node
+t_rc "no baseline: logged and skipped" 0 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json
+t_rc "no baseline with -m: fails" 1 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json -m
+t_rc "bad option: fails naming it" 1 nhc /tmp/t/test.conf -x
+t "msrsave restore puts the baseline back" inroot msrsave restore /tmp/t/b/baseline.json --root /tmp/t/node
+t_rc "after msrsave restore: clean, check passes" 0 nhc /tmp/t/test.conf -r /tmp/t/node
+
+echo "== shell completions"
+t "bash completion loads and completes msrsave" inroot bash -c \
+    '. /usr/share/bash-completion/completions/msrsave && complete -p msrsave'
+
+echo "== optional parts"
+if [ "$allowlists" = yes ]; then
+    t "msrsave allowlist lint: every shipped allowlist" \
+        inroot bash -c 'msrsave allowlist lint /usr/share/msr-restore/allowlists/al_*'
+    t "msrsave allowlist select picks a shipped list for an emulated 06_55 node" \
+        inroot bash -c 'msrsave emulate /tmp/t/n55 --cpus 2 --cpu-model 06_55 --allowlist /tmp/t/al/al_06_55 >/dev/null &&
+                        msrsave allowlist select --root /tmp/t/n55 | grep -q /usr/share/msr-restore/allowlists/'
+else
+    skipped "shipped allowlists: none in the tree yet"
+fi
+if [ "$spank_msr" = yes ]; then
+    so=$(find "$root/usr/lib" -name spank_msr.so | head -n 1)
+    syms=$(nm -D --defined-only "$so" 2>/dev/null | awk '{print $3}')
+    miss=""
+    for s in plugin_name plugin_type plugin_version slurm_spank_job_prolog slurm_spank_job_epilog; do
+        grep -qx "$s" <<<"$syms" || miss="$miss $s"
+    done
+    if [ -z "$miss" ]; then ok "spank_msr.so exports plugin_name, plugin_type, plugin_version and the job prolog/epilog callbacks"; else bad "spank_msr.so lacks:$miss"; fi
+    t "plugstack.conf snippet: every line commented out" bash -c \
+        "! grep -v '^[[:space:]]*\(#\|$\)' '$root/etc/slurm/plugstack.conf.d/msr-restore.conf'"
+else
+    skipped "spank_msr.so checks: the plugin is not built yet"
+fi
+if [ "$pbs_hook" = yes ]; then
+    pys=$(find "$root/usr/share/msr-restore/pbs" -name '*.py')
+    if [ -n "$pys" ]; then
+        # shellcheck disable=SC2086
+        t "PBS hook: every .py compiles (host python3)" python3 -m py_compile $pys
+    fi
+else
+    skipped "PBS hook checks: pbs_hook/ is not in the tree yet"
+fi
+
+echo "== remove and purge"
+t "dpkg -r msr-restore" inroot dpkg -r msr-restore
+t "after remove: binary gone, conffiles kept" bash -c "[ ! -e '$root/usr/bin/msrsave' ] && [ -f '$root/etc/msr-restore/msr-restore.conf' ]"
+t "dpkg -P msr-restore" inroot dpkg -P msr-restore
+t "after purge: /etc/msr-restore, the NHC check and /var/lib/msr-restore gone" bash -c \
+    "[ ! -e '$root/etc/msr-restore' ] && [ ! -e '$root/etc/nhc/scripts/msr_restore.nhc' ] && [ ! -e '$root/var/lib/msr-restore' ]"
+
+echo "== RPM payload in a clean root"
+root2=$work/rpm-root
+new_root "$root2"
+t "rpm -i --nodeps --noscripts $(basename "$rpm_file") into a second clean root" \
+    rpm --root "$root2" --dbpath /var/lib/rpm -i --nodeps --noscripts --nosignature "$rpm_file"
+t "msrsave from the RPM runs (--version, demo)" \
+    chroot "$root2" /usr/bin/env -i PATH=/usr/bin:/bin sh -c 'msrsave --version && msrsave demo >/dev/null'
+t "rpm -V: installed files match the package" rpm --root "$root2" --dbpath /var/lib/rpm -V --nodeps --nosignature msr-restore
+
+finish
