@@ -85,7 +85,7 @@ if [ -d "$gen/man" ] && compgen -G "$gen/man/*.1" >/dev/null; then
     inst 0644 "$gen/completions/msrsave.bash" /usr/share/bash-completion/completions/msrsave
     inst 0644 "$gen/completions/_msrsave" "$zshdir/_msrsave"
     inst 0644 "$gen/completions/msrsave.fish" /usr/share/fish/vendor_completions.d/msrsave.fish
-    note "man pages and completions: staged ($(ls "$gen"/man/*.1 | wc -l) man pages)"
+    note "man pages and completions: staged ($(find "$gen/man" -name '*.1' | wc -l) man pages)"
 else
     note "man pages and completions: ABSENT (no $gen/man: msrsave-docs not run)"
 fi
@@ -104,15 +104,16 @@ install -d -m 0755 "$dest/var/lib/msr-restore"
 inst 0644 "$files/msr_restore.nhc" /etc/nhc/scripts/msr_restore.nhc
 inst 0644 "$files/99-msr_safe.rules" "$datadir/udev/99-msr_safe.rules"
 
-# Allowlists picked per CPU by `msrsave allowlist load --auto`.
+# Allowlists picked per CPU by `msrsave allowlist load --auto` (the al_* files only); their
+# README (origin, license and attribution) goes with the documentation.
+install -d -m 0755 "$dest$datadir/allowlists"
 if compgen -G "$repo/allowlists/al_*" >/dev/null; then
-    install -d -m 0755 "$dest$datadir/allowlists"
-    for f in "$repo"/allowlists/*; do
-        [ -f "$f" ] && inst 0644 "$f" "$datadir/allowlists/$(basename "$f")"
+    for f in "$repo"/allowlists/al_*; do
+        inst 0644 "$f" "$datadir/allowlists/$(basename "$f")"
     done
+    [ -f "$repo/allowlists/README.md" ] && inst 0644 "$repo/allowlists/README.md" "$docdir/allowlists.md"
     note "allowlists: staged ($(compgen -G "$dest$datadir/allowlists/al_*" | wc -l) lists)"
 else
-    install -d -m 0755 "$dest$datadir/allowlists"
     note "allowlists: ABSENT (no $repo/allowlists/al_*)"
 fi
 

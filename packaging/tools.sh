@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by packaging/build.sh and packaging/tests/run.sh: install missing tools from
 # Debian's archive (this project's machines are Debian 12, root). Nothing else is downloaded.
 
@@ -28,11 +29,18 @@ apt_install() {
         echo "packaging: missing tools: $* (install them; needs root and apt-get)" >&2
         return 1
     fi
+    local log
+    log=$(mktemp)
     echo "packaging: installing $* from Debian's archive" >&2
     if [ -z "${_MSR_APT_UPDATED:-}" ]; then
-        apt-get -o DPkg::Lock::Timeout=600 -qq update >&2 || return 1
+        apt-get -o DPkg::Lock::Timeout=600 -q update >"$log" 2>&1 || { tail -n 20 "$log" >&2; rm -f "$log"; return 1; }
         _MSR_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq install -y \
-        --no-install-recommends "$@" >&2
+    if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q install -y \
+        --no-install-recommends "$@" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
 }

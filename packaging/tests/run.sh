@@ -108,6 +108,7 @@ if [ ! -f "$out/BUILDINFO" ]; then
     bad "no $out/BUILDINFO: run packaging/build.sh"
     finish
 fi
+version="" deb="" rpm="" spank_msr=no allowlists=no pbs_hook=no man_pages=no
 # shellcheck disable=SC1091
 . "$out/BUILDINFO"
 deb_file=$out/$deb
@@ -116,7 +117,7 @@ echo "run.sh: version $version; SPANK plugin: $spank_msr; allowlists: $allowlist
 
 # ---------------------------------------------------------------------------------------
 echo "== contents and modes"
-# "MODE PATH" of every file (and directory, with a trailing /) in each package.
+# "TYPE MODE PATH OWNER" of every entry of each package (TYPE: - file, d directory, l link).
 perm2oct() { # -rwxr-xr-x -> 0755 (no setuid bits are expected)
     local p=$1 o=0 i d
     for i in 0 3 6; do
@@ -130,12 +131,13 @@ perm2oct() { # -rwxr-xr-x -> 0755 (no setuid bits are expected)
 }
 dpkg-deb -c "$deb_file" | while read -r perm owner _ _ _ path _; do
     path=${path#.}
-    [ "$path" = / ] && continue
-    echo "$(perm2oct "$perm") ${path} ${owner}"
-done | sort -k2 >"$work/deb.list"
+    path=${path%/}
+    [ -z "$path" ] && continue
+    echo "${perm:0:1} $(perm2oct "$perm") $path $owner"
+done | sort -k3 >"$work/deb.list"
 rpm -qplv --nosignature "$rpm_file" 2>/dev/null | while read -r perm _ owner group _ _ _ _ path _; do
-    echo "$(perm2oct "$perm") $path $owner/$group"
-done | sort -k2 >"$work/rpm.list"
+    echo "${perm:0:1} $(perm2oct "$perm") $path $owner/$group"
+done | sort -k3 >"$work/rpm.list"
 
 # expect FLAVOR: the artifacts a package must hold, as "MODE PATH".
 expect() {
@@ -182,24 +184,24 @@ EOF
     return 0
 }
 for flavor in deb rpm; do
-    missing=$(expect "$flavor" | while read -r mode path; do
-        got=$(awk -v p="$path" '$2 == p || $2 == p "/" {print $1; exit}' "$work/$flavor.list")
+    problems=$(expect "$flavor" | while read -r mode path; do
+        got=$(awk -v p="$path" '$3 == p {print $2; exit}' "$work/$flavor.list")
         if [ -z "$got" ]; then echo "missing $path"; elif [ "$got" != "$mode" ]; then echo "$path has mode $got, expected $mode"; fi
     done)
-    if [ -z "$missing" ]; then
+    if [ -z "$problems" ]; then
         ok "$flavor: all $(expect "$flavor" | wc -l) expected artifacts present with the right modes"
     else
         bad "$flavor: artifacts missing or with wrong modes"
-        printf '%s\n' "$missing" | indent
+        printf "%s\n" "$problems" | indent
     fi
     # Nothing writable by group or others, nothing owned by anyone but root.
-    loose=$(awk '{ m = substr($1, 3, 2); if (m ~ /[2367]/ || $3 !~ /^root\/root$/) print }' "$work/$flavor.list" | grep -v ' -> ' || true)
+    loose=$(awk '$1 != "l" { m = substr($2, 3, 2); if (m ~ /[2367]/ || $4 != "root/root") print }' "$work/$flavor.list")
     if [ -z "$loose" ]; then ok "$flavor: every file root-owned, none group- or world-writable"; else bad "$flavor: loose files"; printf '%s\n' "$loose" | indent; fi
 done
 if [ "$allowlists" = yes ]; then
     for flavor in deb rpm; do
         n=$(grep -c ' /usr/share/msr-restore/allowlists/al_' "$work/$flavor.list")
-        wrong=$(grep ' /usr/share/msr-restore/allowlists/al_' "$work/$flavor.list" | grep -vc '^0644 ')
+        wrong=$(grep ' /usr/share/msr-restore/allowlists/al_' "$work/$flavor.list" | grep -vc '^- 0644 ')
         if [ "$n" -gt 0 ] && [ "$wrong" = 0 ]; then ok "$flavor: $n allowlists, mode 0644"; else bad "$flavor: $n allowlists, $wrong with a mode other than 0644"; fi
     done
 else
@@ -207,8 +209,8 @@ else
 fi
 if [ "$pbs_hook" = yes ]; then
     for flavor in deb rpm; do
-        n=$(grep -c ' /usr/share/msr-restore/pbs/.*[^/]$' "$work/$flavor.list")
-        [ "$n" -gt 0 ] && ok "$flavor: PBS hook and Torque scripts ($n files under /usr/share/msr-restore/pbs)" || bad "$flavor: no files under /usr/share/msr-restore/pbs"
+        n=$(grep -c '^- .* /usr/share/msr-restore/pbs/' "$work/$flavor.list")
+        if [ "$n" -gt 0 ]; then ok "$flavor: PBS hook and Torque scripts ($n files under /usr/share/msr-restore/pbs)"; else bad "$flavor: no files under /usr/share/msr-restore/pbs"; fi
     done
 else
     skipped "PBS hook and Torque scripts: the tree has no pbs_hook/ yet"
@@ -223,8 +225,8 @@ norm() {
         grep -v -e '^/usr/lib/.build-id' -e 'changelog.Debian.gz$' | sort
 }
 # Compare files only (directories differ: dpkg lists every parent, rpm only owned ones).
-grep -v '/$' "$work/deb.list" | awk '{print $2}' | grep -v '^$' >"$work/deb.files"
-rpm -qp --nosignature --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm_file" 2>/dev/null | awk '$1 !~ /^d/ && $1 !~ /^l/ {print $2}' >"$work/rpm.files"
+awk '$1 == "-" {print $3}' "$work/deb.list" >"$work/deb.files"
+awk '$1 == "-" {print $3}' "$work/rpm.list" >"$work/rpm.files"
 if diff <(norm "$work/deb.files" | grep -v '^$') <(norm "$work/rpm.files" | grep -v '^$') >"$work/files.diff"; then
     ok "deb and rpm hold the same $(wc -l <"$work/rpm.files") files (distribution paths aside)"
 else
@@ -239,10 +241,10 @@ t "deb: Package msr-restore, Version $version-1, Architecture amd64" \
     test "$(f Package) $(f Version) $(f Architecture)" = "msr-restore $version-1 amd64"
 t "deb: Depends from dpkg-shlibdeps names libc6 ($(f Depends))" grep -q 'libc6 (>=' <<<"$(f Depends)"
 dpkg-deb --ctrl-tarfile "$deb_file" | tar -xO ./conffiles >"$work/conffiles" 2>/dev/null
-grep ' /etc/.*[^/]$' "$work/deb.list" | awk '{print $2}' | sort >"$work/etc-files"
+awk '$1 == "-" && $3 ~ /^\/etc\// {print $3}' "$work/deb.list" | sort >"$work/etc-files"
 t "deb: every file under /etc is a conffile ($(wc -l <"$work/etc-files"))" diff <(sort "$work/conffiles") "$work/etc-files"
 rpm -qpc --nosignature "$rpm_file" 2>/dev/null | sort >"$work/rpm-config"
-grep ' /etc/.*[^/]$' "$work/rpm.list" | awk '{print $2}' | sort >"$work/rpm-etc-files"
+awk '$1 == "-" && $3 ~ /^\/etc\// {print $3}' "$work/rpm.list" | sort >"$work/rpm-etc-files"
 t "rpm: every file under /etc is %config(noreplace)" diff "$work/rpm-config" "$work/rpm-etc-files"
 t "rpm: Version $version, scriptlets preset the boot unit" \
     bash -c "[ \"\$(rpm -qp --nosignature --qf '%{VERSION}' '$rpm_file')\" = '$version' ] &&
@@ -254,7 +256,7 @@ o=$(rpmlint -c "$repo/packaging/rpm/rpmlint.toml" "$repo/packaging/rpm/msr-resto
 rc=$?
 summary=$(printf '%s\n' "$o" | grep -E 'checked;' | tail -n 1)
 if [ "$rc" = 0 ]; then ok "rpmlint spec and rpm: ${summary# }"; else bad "rpmlint (exit $rc): $summary"; printf '%s\n' "$o" | grep -E ': [EW]: ' | indent; fi
-o=$(lintian --no-tag-display-limit --suppress-tags-from-file "$here/lintian-suppressed" "$deb_file" 2>&1)
+o=$(lintian --tag-display-limit 0 --suppress-tags-from-file "$here/lintian-suppressed" "$deb_file" 2>&1)
 rc=$?
 if [ "$rc" = 0 ] && ! printf '%s\n' "$o" | grep -qE '^[EW]: '; then
     ok "lintian: no errors or warnings$(printf '%s\n' "$o" | grep -cE '^[IP]: ' | sed 's/^0$//; s/^\(.\+\)$/ (\1 info notes)/')"
@@ -289,7 +291,7 @@ if [ "$man_pages" = yes ]; then
     o=$(for m in "$work"/deb-x/usr/share/man/man1/*.1.gz; do
         LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$m" 2>&1 >/dev/null | sed "s|^|$(basename "$m"): |"
     done)
-    n=$(ls "$work"/deb-x/usr/share/man/man1/*.1.gz | wc -l)
+    n=$(find "$work/deb-x/usr/share/man/man1" -name '*.1.gz' | wc -l)
     if [ -z "$o" ]; then ok "man pages: $n pages render without groff warnings"; else bad "man pages: groff warnings"; printf '%s\n' "$o" | indent; fi
 else
     skipped "man pages: not built"
@@ -422,7 +424,7 @@ t_rc "msrsave check of the node against its baseline: clean (exit 0)" 0 \
 prom_ok "--prometheus after a clean check" "$root/tmp/t/clean.prom" 0
 [ -n "$promtool" ] || skipped "promtool: could not fetch Debian's prometheus package"
 # A job leaves IA32_PERF_CTL (0x199) changed on CPU 2: 8 bytes at offset 8*0x199.
-poke() { printf "$2" | dd of="$root/tmp/t/node/dev/cpu/$1/msr_safe" bs=1 seek=$((8 * 0x199)) conv=notrunc status=none; }
+poke() { printf '%b' "$2" | dd of="$root/tmp/t/node/dev/cpu/$1/msr_safe" bs=1 seek=$((8 * 0x199)) conv=notrunc status=none; }
 poke 2 '\x34\x12\x00\x00\x00\x00\x00\x00'
 t_rc "msrsave check after a register changed: drift (exit 1)" 1 \
     inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/drift.prom
@@ -439,7 +441,7 @@ if [ "$rc" = 1 ] && grep -q 'Health check failed:  check_msr_drift:  .*drift' <<
 else
     bad "drift: expected die (exit $rc)"; printf '%s\n' "$o" | indent
 fi
-[ -s "$root/tmp/t/nhc.prom" ] && ok "-p wrote the Prometheus textfile" || bad "-p wrote no Prometheus textfile"
+if [ -s "$root/tmp/t/nhc.prom" ]; then ok "-p wrote the Prometheus textfile"; else bad "-p wrote no Prometheus textfile"; fi
 t_rc "drift with -l: logged, check passes" 0 nhc /tmp/t/test.conf -r /tmp/t/node -l
 t_rc "drift with on_drift = log in the config: logged, check passes" 0 nhc /tmp/t/log.conf -r /tmp/t/node
 t_rc "no baseline: logged and skipped" 0 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json
