@@ -461,6 +461,28 @@ if [ "$allowlists" = yes ]; then
     t "msrsave allowlist select picks a shipped list for an emulated 06_55 node" \
         inroot bash -c 'msrsave emulate /tmp/t/n55 --cpus 2 --cpu-model 06_55 --allowlist /tmp/t/al/al_06_55 >/dev/null &&
                         msrsave allowlist select --root /tmp/t/n55 | grep -q /usr/share/msr-restore/allowlists/'
+    # The production path for every shipped list: an emulated node of that CPU with msr-safe
+    # loaded but empty, the boot script with the shipped config, the NHC check after it.
+    for al in "$root"/usr/share/msr-restore/allowlists/al_*; do
+        model=${al##*/al_}
+        fam=${model%%_*}
+        vendor=GenuineIntel
+        [ "$fam" = 19 ] && vendor=AuthenticAMD
+        node=/tmp/t/boot-$model
+        rm -f "$root/var/lib/msr-restore/baseline.json"
+        o=$(inroot msrsave emulate "$node" --cpus 4 --cpu-model "$(printf '%s_%02X' "$fam" "0x${model#*_}")" \
+                --vendor "$vendor" --allowlist "/usr/share/msr-restore/allowlists/al_$model" 2>&1 &&
+            : >"$root$node/dev/cpu/msr_allowlist" &&
+            inroot env MSR_RESTORE_ROOT="$node" /usr/libexec/msr-restore/msr-restore-boot 2>&1 &&
+            inroot bash /tmp/t/nhc-harness.sh /etc/nhc/scripts check_msr_drift -r "$node" -m 2>&1)
+        rc=$?
+        loaded=$(grep -c '^0x' "$root$node/dev/cpu/msr_allowlist" 2>/dev/null)
+        if [ "$rc" = 0 ] && [ -s "$root/var/lib/msr-restore/baseline.json" ] && [ "${loaded:-0}" -gt 0 ]; then
+            ok "al_$model ($vendor): boot script with the shipped config loads it ($loaded MSRs) and takes the baseline; NHC check clean"
+        else
+            bad "al_$model: boot script or NHC check failed (exit $rc)"; printf '%s\n' "$o" | indent
+        fi
+    done
 else
     skipped "shipped allowlists: none in the tree yet"
 fi
