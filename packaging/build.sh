@@ -47,15 +47,21 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 
 members=$(sed -n '/^\[workspace\]/,/^\[/s/^members *= *\[\(.*\)\]/\1/p' Cargo.toml | tr -d '" ' | tr ',' ' ')
 with_spank=0
+features=()
 case " $members " in *" spank_msr "*) with_spank=1 ;; esac
+# The plugin's SPANK entry points are behind spank_msr's `slurm` feature (it needs Slurm's
+# headers and libclang); without the feature the .so would load but do nothing.
+if [ "$with_spank" = 1 ] && grep -q '^slurm *=' spank_msr/Cargo.toml; then
+    features=(--features spank_msr/slurm)
+fi
 
 need_tools dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev rpmbuild:rpm strip:binutils
 [ "$with_spank" = 1 ] && [ "$skip_cargo" = 0 ] && need_packages libslurm-dev libclang-dev
 
 # 1. Release binaries (msrsave, msrsave-docs, and the SPANK plugin when it is a member).
 if [ "$skip_cargo" = 0 ]; then
-    phase "cargo build --release --locked --workspace (members: $members)"
-    cargo build --release --locked --workspace
+    phase "cargo build --release --locked --workspace ${features[*]} (members: $members)"
+    cargo build --release --locked --workspace "${features[@]}"
 fi
 [ -x "$target/release/msrsave" ] || { echo "build.sh: no $target/release/msrsave" >&2; exit 1; }
 
@@ -93,9 +99,17 @@ depends=$(
     rm -rf "$tmp"
 )
 [ -n "$depends" ] || { echo "build.sh: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+# slurmd refuses a plugin built for another Slurm major.minor: say which one this is for.
+if [ -n "$so" ] && [ -r /usr/include/slurm/slurm_version.h ]; then
+    v=$(sed -n 's/^#define SLURM_VERSION_NUMBER *0x\([0-9a-fA-F]*\).*/\1/p' /usr/include/slurm/slurm_version.h)
+    major=$((16#${v:0:2})) minor=$((16#${v:2:2}))
+    next=$(printf '%02d.%02d' "$major" "$((minor + 1))")
+    breaks="slurmd (<< $(printf '%02d.%02d' "$major" "$minor")~), slurmd (>= $next~)"
+fi
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$deb_version/" -e "s/@MAINTAINER@/$maintainer/" -e "s/@INSTALLED_SIZE@/$size/" \
     -e "s/@DEPENDS@/$depends/" packaging/debian/control.in >"$root/DEBIAN/control"
+[ -n "${breaks:-}" ] && sed -i "s/^Suggests: /Breaks: $breaks\nSuggests: /" "$root/DEBIAN/control"
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
 chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
 deb=$out/msr-restore_${deb_version}_amd64.deb
@@ -107,7 +121,12 @@ rpmtop=$work/rpmbuild
 rm -rf "$rpmtop"
 rpm_args=(-bb --build-in-place --nodeps --with prebuilt
     --define "_topdir $rpmtop" --define "_msr_target_dir $target")
-[ "$with_spank" = 1 ] && [ -f "$target/release/libspank_msr.so" ] || rpm_args+=(--without spank)
+if [ "$with_spank" = 0 ] || [ ! -f "$target/release/libspank_msr.so" ]; then
+    rpm_args+=(--without spank)
+elif ! nm -D --defined-only "$target/release/libspank_msr.so" | grep -q ' slurm_spank_job_prolog$'; then
+    echo "build.sh: $target/release/libspank_msr.so has no SPANK entry points (built without --features spank_msr/slurm?)" >&2
+    exit 1
+fi
 [ -d pbs_hook ] || rpm_args+=(--without pbs)
 # Debian's rpm lacks RHEL's systemd and path macros: load RHEL's values for them.
 if [ "$(rpm --eval '%{?_unitdir}')" = "" ]; then

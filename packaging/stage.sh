@@ -70,6 +70,19 @@ subst() { # subst MODE SRC DEST-PATH: copy with @VARIABLES@ replaced
     chmod "$1" "$dest$3"
 }
 note() { echo "stage.sh: $*"; }
+# healthcheck_man SCRIPT PAGE: a man page made of the script's header comment (its --help text),
+# so the page says what the script says.
+healthcheck_man() {
+    mkdir -p "$(dirname "$2")"
+    {
+        printf '.TH MSR\\-HEALTHCHECK 8 "" "msr-restore" "msr-restore"\n'
+        printf '.SH NAME\nmsr\\-healthcheck \\- SLURM health check for MSR drift (msr-restore)\n'
+        printf '.SH DESCRIPTION\n.nf\n'
+        sed -n '2,/^[^#]/{/^#/!d; s/^# \{0,1\}//; s/\\/\\e/g; s/^\./\\\&./; s/-/\\-/g; p}' "$1"
+        printf '.fi\n.SH SEE ALSO\n\\fBmsrsave\\-check\\fR(1), \\fBslurm.conf\\fR(5) (HealthCheckProgram)\n'
+    } >"$2"
+    chmod 0644 "$2"
+}
 
 # msrsave
 [ -x "$target/release/msrsave" ] || { echo "stage.sh: $target/release/msrsave is missing: run packaging/build.sh" >&2; exit 1; }
@@ -95,6 +108,7 @@ inst 0644 "$files/msr-restore.conf" /etc/msr-restore/msr-restore.conf
 
 # Boot-time allowlist load and baseline; the optional periodic check for Prometheus.
 inst 0755 "$files/msr-restore-boot" "$libexecdir/msr-restore-boot"
+inst 0755 "$files/msr-restore-check" "$libexecdir/msr-restore-check"
 inst 0644 "$files/msr-restore-baseline.service" "$unitdir/msr-restore-baseline.service"
 subst 0644 "$files/msr-restore-check.service" "$unitdir/msr-restore-check.service"
 inst 0644 "$files/msr-restore-check.timer" "$unitdir/msr-restore-check.timer"
@@ -117,30 +131,60 @@ else
     note "allowlists: ABSENT (no $repo/allowlists/al_*)"
 fi
 
-# SLURM SPANK plugin (when spank_msr is built) and its plugstack.conf snippet (commented out).
+# SLURM: the SPANK plugin (when spank_msr is built with its `slurm` feature) as spank_msr.so in
+# SLURM's plugin directory; the plugstack.conf line of packaging/slurm/plugstack.conf, commented
+# out and pointing at that path; the health check (HealthCheckProgram) and its arguments.
 if [ -f "$target/release/libspank_msr.so" ]; then
     inst "$so_mode" "$target/release/libspank_msr.so" "$slurm_plugindir/spank_msr.so"
     [ "$strip" = 1 ] && strip --strip-unneeded --remove-section=.comment --remove-section=.note "$dest$slurm_plugindir/spank_msr.so"
-    snippet="$files/plugstack-msr-restore.conf"
-    [ -f "$repo/packaging/slurm/plugstack.conf" ] && snippet="$repo/packaging/slurm/plugstack.conf"
-    subst 0644 "$snippet" "$plugstack_dir/msr-restore.conf"
+    mkdir -p "$dest$plugstack_dir"
+    if [ -f "$repo/packaging/slurm/plugstack.conf" ]; then
+        {
+            echo "# Installed by the msr-restore package, every line commented out: uncomment the plugin"
+            echo "# line, make /etc/slurm/plugstack.conf read this file (include $plugstack_dir/*.conf)"
+            echo "# or copy the line there, then restart slurmd."
+            echo "#"
+            sed -e "s|[^ ]*/libspank_msr\.so|$slurm_plugindir/spank_msr.so|g" \
+                -e 's|^\([^#]\)|#\1|' "$repo/packaging/slurm/plugstack.conf"
+        } >"$dest$plugstack_dir/msr-restore.conf"
+    else
+        subst 0644 "$files/plugstack-msr-restore.conf" "$plugstack_dir/msr-restore.conf"
+    fi
+    chmod 0644 "$dest$plugstack_dir/msr-restore.conf"
+    if [ -f "$repo/packaging/slurm/msr-healthcheck" ]; then
+        inst 0755 "$repo/packaging/slurm/msr-healthcheck" /usr/sbin/msr-healthcheck
+        inst 0644 "$repo/packaging/slurm/healthcheck.args" /etc/msr-restore/healthcheck.args
+        healthcheck_man "$repo/packaging/slurm/msr-healthcheck" "$dest/usr/share/man/man8/msr-healthcheck.8"
+        gzip -9nf "$dest/usr/share/man/man8/msr-healthcheck.8"
+    fi
     note "spank_msr: staged ($slurm_plugindir/spank_msr.so)"
 else
     note "spank_msr: ABSENT (no $target/release/libspank_msr.so)"
 fi
 
-# PBS hook (hook, its config, install script) and the Torque scripts, as pbs_hook/ lays them
-# out, under /usr/share/msr-restore/pbs; the install script copies them where PBS wants them.
+# PBS: the hook, its install/uninstall scripts and the Torque scripts under
+# /usr/share/msr-restore/pbs (tests left out). The hook's config is a conffile,
+# /etc/msr-restore/msr_restore_hook.json; the symlink in its place lets install.sh find the
+# admin's copy by default.
 stage_tree() { # stage_tree SRC-DIR DEST-DIR: files keep their exec bit (0755) or get 0644
     local src=$1 d=$2 f rel
     while IFS= read -r -d '' f; do
         rel=${f#"$src"/}
         if [ -x "$f" ]; then inst 0755 "$f" "$d/$rel"; else inst 0644 "$f" "$d/$rel"; fi
-    done < <(find "$src" -type f ! -path '*/tests/*' ! -path '*/__pycache__/*' ! -name '*.pyc' \
-                  ! -name 'test_*' ! -name '*_test.py' ! -name 'conftest.py' -print0 | sort -z)
+    done < <(find "$src" -type f ! -path "$src/tests/*" ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z)
 }
 if [ -d "$repo/pbs_hook" ]; then
     stage_tree "$repo/pbs_hook" "$datadir/pbs"
+    if [ -f "$dest$datadir/pbs/msr_restore_hook.json" ]; then
+        mkdir -p "$dest/etc/msr-restore"
+        mv "$dest$datadir/pbs/msr_restore_hook.json" "$dest/etc/msr-restore/msr_restore_hook.json"
+        # Debian policy: a link between top-level directories is absolute; RPM's: relative.
+        if [ "$flavor" = deb ]; then
+            ln -s /etc/msr-restore/msr_restore_hook.json "$dest$datadir/pbs/msr_restore_hook.json"
+        else
+            ln -s ../../../../etc/msr-restore/msr_restore_hook.json "$dest$datadir/pbs/msr_restore_hook.json"
+        fi
+    fi
     note "pbs_hook: staged ($(find "$dest$datadir/pbs" -type f | wc -l) files in $datadir/pbs)"
 else
     note "pbs_hook: ABSENT (no $repo/pbs_hook)"

@@ -129,14 +129,14 @@ perm2oct() { # -rwxr-xr-x -> 0755 (no setuid bits are expected)
     done
     echo "$o"
 }
-dpkg-deb -c "$deb_file" | while read -r perm owner _ _ _ path _; do
+dpkg-deb -c "$deb_file" | while read -r perm owner _ _ _ path arrow target; do
     path=${path#.}
     path=${path%/}
     [ -z "$path" ] && continue
-    echo "${perm:0:1} $(perm2oct "$perm") $path $owner"
+    echo "${perm:0:1} $(perm2oct "$perm") $path $owner${arrow:+ $arrow $target}"
 done | sort -k3 >"$work/deb.list"
-rpm -qplv --nosignature "$rpm_file" 2>/dev/null | while read -r perm _ owner group _ _ _ _ path _; do
-    echo "${perm:0:1} $(perm2oct "$perm") $path $owner/$group"
+rpm -qplv --nosignature "$rpm_file" 2>/dev/null | while read -r perm _ owner group _ _ _ _ path arrow target; do
+    echo "${perm:0:1} $(perm2oct "$perm") $path $owner/$group${arrow:+ $arrow $target}"
 done | sort -k3 >"$work/rpm.list"
 
 # expect FLAVOR: the artifacts a package must hold, as "MODE PATH".
@@ -153,6 +153,7 @@ expect() {
 0755 /usr/bin/msrsave
 0644 /etc/msr-restore/msr-restore.conf
 0755 /usr/libexec/msr-restore/msr-restore-boot
+0755 /usr/libexec/msr-restore/msr-restore-check
 0644 $unitdir/msr-restore-baseline.service
 0644 $unitdir/msr-restore-check.service
 0644 $unitdir/msr-restore-check.timer
@@ -179,6 +180,20 @@ EOF
     if [ "$spank_msr" = yes ]; then
         echo "$so_mode $plugindir/spank_msr.so"
         echo "0644 /etc/slurm/plugstack.conf.d/msr-restore.conf"
+        echo "0755 /usr/sbin/msr-healthcheck"
+        echo "0644 /usr/share/man/man8/msr-healthcheck.8.gz"
+        echo "0644 /etc/msr-restore/healthcheck.args"
+    fi
+    if [ "$pbs_hook" = yes ]; then
+        cat <<EOF
+0644 /usr/share/msr-restore/pbs/msr_restore_hook.py
+0755 /usr/share/msr-restore/pbs/install.sh
+0755 /usr/share/msr-restore/pbs/uninstall.sh
+0644 /usr/share/msr-restore/pbs/README.md
+0755 /usr/share/msr-restore/pbs/torque/prologue
+0755 /usr/share/msr-restore/pbs/torque/epilogue
+0644 /etc/msr-restore/msr_restore_hook.json
+EOF
     fi
     [ "$1" = deb ] && echo "0644 /usr/share/doc/msr-restore/changelog.Debian.gz"
     return 0
@@ -210,7 +225,15 @@ fi
 if [ "$pbs_hook" = yes ]; then
     for flavor in deb rpm; do
         n=$(grep -c '^- .* /usr/share/msr-restore/pbs/' "$work/$flavor.list")
-        if [ "$n" -gt 0 ]; then ok "$flavor: PBS hook and Torque scripts ($n files under /usr/share/msr-restore/pbs)"; else bad "$flavor: no files under /usr/share/msr-restore/pbs"; fi
+        link=$(awk '$1 == "l" && $3 == "/usr/share/msr-restore/pbs/msr_restore_hook.json" {print $5 $6}' "$work/$flavor.list")
+        # absolute in the .deb (Debian policy), relative in the RPM (Fedora's)
+        if [ "$n" -gt 0 ] && { [ "$link" = "->/etc/msr-restore/msr_restore_hook.json" ] ||
+            [ "$link" = "->../../../../etc/msr-restore/msr_restore_hook.json" ]; }; then
+            ok "$flavor: PBS hook and Torque scripts ($n files under /usr/share/msr-restore/pbs), its config a conffile linked from there"
+        else
+            bad "$flavor: $n files under /usr/share/msr-restore/pbs; config link '$link'"
+        fi
+        if grep -q '/usr/share/msr-restore/pbs/tests' "$work/$flavor.list"; then bad "$flavor: the PBS tests are packaged"; fi
     done
 else
     skipped "PBS hook and Torque scripts: the tree has no pbs_hook/ yet"
@@ -291,7 +314,7 @@ if [ "$man_pages" = yes ]; then
     o=$(for m in "$work"/deb-x/usr/share/man/man1/*.1.gz; do
         LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$m" 2>&1 >/dev/null | sed "s|^|$(basename "$m"): |"
     done)
-    n=$(find "$work/deb-x/usr/share/man/man1" -name '*.1.gz' | wc -l)
+    n=$(find "$work/deb-x/usr/share/man" -name '*.gz' | wc -l)
     if [ -z "$o" ]; then ok "man pages: $n pages render without groff warnings"; else bad "man pages: groff warnings"; printf '%s\n' "$o" | indent; fi
 else
     skipped "man pages: not built"
@@ -430,6 +453,22 @@ t_rc "msrsave check after a register changed: drift (exit 1)" 1 \
     inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/drift.prom
 prom_ok "--prometheus after drift" "$root/tmp/t/drift.prom" 1
 
+rm -f "$root/tmp/t/timer.prom"
+t_rc "msr-restore-check (the timer's script) after drift: exit 1, textfile written" 1 \
+    inroot env MSR_RESTORE_CONFIG=/tmp/t/test.conf MSR_RESTORE_ROOT=/tmp/t/node PROM_FILE=/tmp/t/timer.prom \
+    /usr/libexec/msr-restore/msr-restore-check
+[ -s "$root/tmp/t/timer.prom" ] && prom_ok "msr-restore-check's textfile" "$root/tmp/t/timer.prom" 1
+mkdir -p "$root/tmp/t/state/jobs" && : >"$root/tmp/t/state/jobs/42"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\nstate_dir = /tmp/t/state\n' >"$root/tmp/t/jobs.conf"
+o=$(inroot env MSR_RESTORE_CONFIG=/tmp/t/jobs.conf MSR_RESTORE_ROOT=/tmp/t/node PROM_FILE=/tmp/t/timer2.prom \
+    /usr/libexec/msr-restore/msr-restore-check 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && grep -q 'skipped: job(s) 42' <<<"$o" && [ ! -e "$root/tmp/t/timer2.prom" ]; then
+    ok "msr-restore-check while job 42 holds the node: skipped"
+else
+    bad "msr-restore-check with a job on the node (exit $rc)"; printf '%s\n' "$o" | indent
+fi
+
 echo "== NHC check (check_msr_drift)"
 cp "$here/nhc-harness.sh" "$root/tmp/t/"
 nhc() { inroot env MSR_RESTORE_CONFIG="$1" bash /tmp/t/nhc-harness.sh /etc/nhc/scripts check_msr_drift "${@:2}"; }
@@ -444,6 +483,7 @@ fi
 if [ -s "$root/tmp/t/nhc.prom" ]; then ok "-p wrote the Prometheus textfile"; else bad "-p wrote no Prometheus textfile"; fi
 t_rc "drift with -l: logged, check passes" 0 nhc /tmp/t/test.conf -r /tmp/t/node -l
 t_rc "drift with on_drift = log in the config: logged, check passes" 0 nhc /tmp/t/log.conf -r /tmp/t/node
+t_rc "drift while job 42 holds the node (state_dir/jobs): skipped, check passes" 0 nhc /tmp/t/jobs.conf -r /tmp/t/node
 t_rc "no baseline: logged and skipped" 0 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json
 t_rc "no baseline with -m: fails" 1 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json -m
 t_rc "bad option: fails naming it" 1 nhc /tmp/t/test.conf -x
@@ -494,16 +534,31 @@ if [ "$spank_msr" = yes ]; then
         grep -qx "$s" <<<"$syms" || miss="$miss $s"
     done
     if [ -z "$miss" ]; then ok "spank_msr.so exports plugin_name, plugin_type, plugin_version and the job prolog/epilog callbacks"; else bad "spank_msr.so lacks:$miss"; fi
-    t "plugstack.conf snippet: every line commented out" bash -c \
-        "! grep -v '^[[:space:]]*\(#\|$\)' '$root/etc/slurm/plugstack.conf.d/msr-restore.conf'"
+    t "spank_msr.so: every library it needs is in the clean root (ldd)" bash -c \
+        "o=\$(chroot '$root' ldd '${so#"$root"}') && ! grep -q 'not found' <<<\"\$o\""
+    snippet=$root/etc/slurm/plugstack.conf.d/msr-restore.conf
+    line=$(grep -E '^#(required|optional)[[:space:]]' "$snippet" | head -n 1)
+    if ! grep -qv '^[[:space:]]*\(#\|$\)' "$snippet" && [ -n "$line" ] && [ -e "$root$(awk '{print $2}' <<<"$line")" ]; then
+        ok "plugstack.conf snippet: every line commented out; its plugin line names the installed .so ($line)"
+    else
+        bad "plugstack.conf snippet: active lines, or no plugin line naming the installed .so"; indent <"$snippet"
+    fi
+    t "deb: Breaks slurmd of another major.minor than the plugin was built for ($(f Breaks))" grep -q 'slurmd (<<' <<<"$(f Breaks)"
+    t "msr-healthcheck (HealthCheckProgram) on the clean node: exit 0" \
+        inroot msr-healthcheck --root /tmp/t/node --baseline /tmp/t/b/baseline.json --state-dir /tmp/t/nostate --on-drift log
 else
     skipped "spank_msr.so checks: the plugin is not built yet"
 fi
 if [ "$pbs_hook" = yes ]; then
-    pys=$(find "$root/usr/share/msr-restore/pbs" -name '*.py')
-    if [ -n "$pys" ]; then
-        # shellcheck disable=SC2086
-        t "PBS hook: every .py compiles (host python3)" python3 -m py_compile $pys
+    t "PBS hook: the installed hook parses (host python3)" python3 -c \
+        'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$root/usr/share/msr-restore/pbs/msr_restore_hook.py"
+    o=$(QMGR=/bin/false "$root/usr/share/msr-restore/pbs/install.sh" --dry-run \
+        --config "$root/etc/msr-restore/msr_restore_hook.json" --hook "$root/usr/share/msr-restore/pbs/msr_restore_hook.py" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q 'create hook' <<<"$o"; then
+        ok "PBS install.sh --dry-run from the package validates the packaged config and prints the qmgr commands"
+    else
+        bad "PBS install.sh --dry-run (exit $rc)"; printf '%s\n' "$o" | indent
     fi
 else
     skipped "PBS hook checks: pbs_hook/ is not in the tree yet"
@@ -512,6 +567,7 @@ fi
 echo "== remove and purge"
 t "dpkg -r msr-restore" inroot dpkg -r msr-restore
 t "after remove: binary gone, conffiles kept" bash -c "[ ! -e '$root/usr/bin/msrsave' ] && [ -f '$root/etc/msr-restore/msr-restore.conf' ]"
+mkdir -p "$root/var/lib/msr-restore/pbs_hook" && echo '{}' >"$root/var/lib/msr-restore/pbs_hook/offline.json"
 t "dpkg -P msr-restore" inroot dpkg -P msr-restore
 t "after purge: /etc/msr-restore, the NHC check and /var/lib/msr-restore gone" bash -c \
     "[ ! -e '$root/etc/msr-restore' ] && [ ! -e '$root/etc/nhc/scripts/msr_restore.nhc' ] && [ ! -e '$root/var/lib/msr-restore' ]"
