@@ -3,7 +3,7 @@
 # SLURM daemons, QEMU and a Debian kernel) through each suite's own scripts.
 #
 #   tests/run-all.sh            every suite
-#   tests/run-all.sh unit ...   only the named suites (unit pbs slurm real_kernel)
+#   tests/run-all.sh unit ...   only the named suites (unit pbs slurm real_kernel packaging)
 #
 # Exit status: 0 only if every suite ran and passed. A suite that is missing counts as failed.
 set -uo pipefail
@@ -17,8 +17,9 @@ declare -A SUITES=(
     [pbs]="pbs_hook/tests/run.sh"
     [slurm]="tests/slurm/run.sh"
     [real_kernel]="tests/real_kernel/run.sh"
+    [packaging]="packaging/tests/run.sh"
 )
-ORDER=(unit pbs slurm real_kernel)
+ORDER=(unit pbs slurm real_kernel packaging)
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
 
 # Rust's toolchain for the suites that build; apt for the ones that install.
