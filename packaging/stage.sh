@@ -63,9 +63,7 @@ inst() { # inst MODE SRC DEST-PATH
 }
 subst() { # subst MODE SRC DEST-PATH: copy with @VARIABLES@ replaced
     mkdir -p "$(dirname "$dest$3")"
-    sed -e "s|@SLURM_PLUGINDIR@|$slurm_plugindir|g" \
-        -e "s|@PLUGSTACK_DIR@|$plugstack_dir|g" \
-        -e "s|@PROM_DIR@|$prom_dir|g" \
+    sed -e "s|@PROM_DIR@|$prom_dir|g" \
         -e "s|@UNITDIR@|$unitdir|g" "$2" >"$dest$3"
     chmod "$1" "$dest$3"
 }
@@ -138,18 +136,15 @@ if [ -f "$target/release/libspank_msr.so" ]; then
     inst "$so_mode" "$target/release/libspank_msr.so" "$slurm_plugindir/spank_msr.so"
     [ "$strip" = 1 ] && strip --strip-unneeded --remove-section=.comment --remove-section=.note "$dest$slurm_plugindir/spank_msr.so"
     mkdir -p "$dest$plugstack_dir"
-    if [ -f "$repo/packaging/slurm/plugstack.conf" ]; then
-        {
-            echo "# Installed by the msr-restore package, every line commented out: uncomment the plugin"
-            echo "# line, make /etc/slurm/plugstack.conf read this file (include $plugstack_dir/*.conf)"
-            echo "# or copy the line there, then restart slurmd."
-            echo "#"
-            sed -e "s|[^ ]*/libspank_msr\.so|$slurm_plugindir/spank_msr.so|g" \
-                -e 's|^\([^#]\)|#\1|' "$repo/packaging/slurm/plugstack.conf"
-        } >"$dest$plugstack_dir/msr-restore.conf"
-    else
-        subst 0644 "$files/plugstack-msr-restore.conf" "$plugstack_dir/msr-restore.conf"
-    fi
+    [ -f "$repo/packaging/slurm/plugstack.conf" ] || { echo "stage.sh: packaging/slurm/plugstack.conf is missing" >&2; exit 1; }
+    {
+        echo "# Installed by the msr-restore package, every line commented out: uncomment the plugin"
+        echo "# line, make /etc/slurm/plugstack.conf read this file (include $plugstack_dir/*.conf)"
+        echo "# or copy the line there, then restart slurmd."
+        echo "#"
+        sed -e "s|[^ ]*/libspank_msr\\.so|$slurm_plugindir/spank_msr.so|g" \
+            -e 's|^\([^#]\)|#\1|' "$repo/packaging/slurm/plugstack.conf"
+    } >"$dest$plugstack_dir/msr-restore.conf"
     chmod 0644 "$dest$plugstack_dir/msr-restore.conf"
     if [ -f "$repo/packaging/slurm/msr-healthcheck" ]; then
         inst 0755 "$repo/packaging/slurm/msr-healthcheck" /usr/sbin/msr-healthcheck
