@@ -142,7 +142,7 @@ if [ -f "$target/release/libspank_msr.so" ]; then
         echo "# line, make /etc/slurm/plugstack.conf read this file (include $plugstack_dir/*.conf)"
         echo "# or copy the line there, then restart slurmd."
         echo "#"
-        sed -e "s|[^ ]*/libspank_msr\\.so|$slurm_plugindir/spank_msr.so|g" \
+        sed -e "s|[^ ]*/\\(lib\\)\\{0,1\\}spank_msr\\.so|$slurm_plugindir/spank_msr.so|g" \
             -e 's|^\([^#]\)|#\1|' "$repo/packaging/slurm/plugstack.conf"
     } >"$dest$plugstack_dir/msr-restore.conf"
     chmod 0644 "$dest$plugstack_dir/msr-restore.conf"

@@ -18,6 +18,8 @@ pub const MSR_SAFE_VERSION_NODE: &str = "/dev/cpu/msr_safe_version";
 pub const ALLOWLIST_NODE: &str = "/dev/cpu/msr_allowlist";
 pub const BATCH_NODE: &str = "/dev/cpu/msr_batch";
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+/// The stock msr driver's write policy (`on`, `off`, `default`).
+pub const MSR_ALLOW_WRITES: &str = "/sys/module/msr/parameters/allow_writes";
 /// Names the allowlist node had before msr-safe 1.5.
 pub const OLD_ALLOWLIST_NODES: [&str; 2] = ["/dev/cpu/msr_whitelist", "/dev/cpu/msr_approved_list"];
 
@@ -126,6 +128,13 @@ impl Node {
         let start = s.find('[')?;
         let end = s[start..].find(']')? + start;
         Some(s[start + 1..end].to_string())
+    }
+
+    /// The stock msr driver's `allow_writes` parameter, if the module exposes it.
+    pub fn msr_allow_writes(&self) -> Option<String> {
+        self.read_text(MSR_ALLOW_WRITES)
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// The path of msr-safe's allowlist node, under its current name or an older one.

@@ -116,7 +116,8 @@ pub enum Command {
     /// Show, pick, load or lint allowlists
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
-    /// CPU, backend chosen and why, msr-safe version, allowlist state
+    /// CPU, backend chosen and why, msr-safe version, allowlist state (exit 2 when no
+    /// backend is usable)
     Info,
     /// Make an emulated node under DIR (regular files standing in for the devices)
     Emulate {

@@ -19,11 +19,27 @@ pub const EXIT_USAGE: u8 = 2;
 /// Parse `args` and run the command; prints the report and returns the exit status.
 pub fn run(args: Vec<OsString>) -> ExitCode {
     let args = cli::rewrite_llnl_forms(args);
+    let wants_json = args.iter().any(|a| a == "--json");
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-            let _ = e.print();
+            // With --json, a usage error is a JSON object too, so that tools get one shape.
+            if code == EXIT_USAGE && wants_json {
+                let text = e.render().to_string();
+                let message = text.split("\n\nUsage:").next().unwrap_or("usage error");
+                let first = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                let first = first
+                    .trim_start_matches("error: ")
+                    .trim_end_matches(" For more information, try '--help'.");
+                println!(
+                    "{}",
+                    serde_json::json!({"command": null, "ok": false, "error": first})
+                );
+                eprint!("{text}");
+            } else {
+                let _ = e.print();
+            }
             return ExitCode::from(code);
         }
     };

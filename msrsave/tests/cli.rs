@@ -350,6 +350,26 @@ fn a_failed_save_leaves_no_file() {
 }
 
 #[test]
+fn usage_errors_are_json_with_json() {
+    let o = msrsave(&["--json", "restore"]);
+    assert_eq!(o.status.code(), Some(2));
+    let j = json_of(&o);
+    assert_eq!(j["ok"], false);
+    assert!(j["error"].as_str().unwrap().contains("<FILE>"), "{j}");
+    // info without a usable backend says why, and exits 2.
+    let n = node(1);
+    std::fs::remove_file(n.root.join("dev/cpu/0/msr_safe")).unwrap();
+    std::fs::remove_file(n.root.join("dev/cpu/0/msr")).unwrap();
+    let o = n.run(&["--json", "info"]);
+    assert_eq!(o.status.code(), Some(2));
+    let j = json_of(&o);
+    assert!(
+        j["backend"]["error"].as_str().unwrap().contains("msr_safe"),
+        "{j}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(msrsave(&["restore"]).status.code(), Some(2));
     assert_eq!(

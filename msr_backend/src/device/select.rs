@@ -238,11 +238,24 @@ pub fn open_backend(node: &Node, req: &BackendRequest) -> Result<OpenBackend> {
         match attempt {
             Ok((device, chosen)) => {
                 let mut warnings = Vec::new();
-                if let Some(mode) = node.lockdown().filter(|m| m != "none") {
-                    if kind == BackendKind::Msr {
+                if kind == BackendKind::Msr {
+                    if let Some(mode) = node.lockdown().filter(|m| m != "none") {
                         warnings.push(format!(
                             "kernel lockdown is '{mode}': the stock msr driver refuses writes (EPERM); restores will fail"
                         ));
+                    }
+                    match node.msr_allow_writes().as_deref() {
+                        Some("off") => warnings.push(
+                            "the msr module is loaded with allow_writes=off: every write fails with EPERM; \
+                             boot with msr.allow_writes=on (or reload the module) to restore"
+                                .to_string(),
+                        ),
+                        Some(_) => warnings.push(
+                            "every write through the stock msr driver taints the kernel (flag S) and, with \
+                             allow_writes=default, logs \"Write to unrecognized MSR\"; msr-safe does neither"
+                                .to_string(),
+                        ),
+                        None => {}
                     }
                 }
                 return Ok(OpenBackend {

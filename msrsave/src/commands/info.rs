@@ -7,7 +7,7 @@ use msr_backend::node::{format_cpu_list, hostname};
 use serde_json::json;
 
 use super::{line, shown, Context, Outcome};
-use crate::{EXIT_FAILED, EXIT_OK};
+use crate::{EXIT_OK, EXIT_USAGE};
 
 pub fn info(ctx: &Context) -> Result<Outcome> {
     let node = &ctx.node;
@@ -99,10 +99,7 @@ pub fn info(ctx: &Context) -> Result<Outcome> {
         }
         Err(e) => {
             line(&mut h, format!("backend         none: {e}"));
-            (
-                json!({"backend": null, "error": e.to_string()}),
-                EXIT_FAILED,
-            )
+            (json!({"backend": null, "error": e.to_string()}), EXIT_USAGE)
         }
     };
     let j = json!({
