@@ -420,3 +420,56 @@ fn shared_node_restores_when_the_last_job_ends() {
         .unwrap()
         .contains("not registered"));
 }
+
+#[test]
+fn allowlist_load_refuses_what_the_kernel_would_and_auto_picks_the_cpu_list() {
+    let n = node(1);
+    let loaded = n.root.join("dev/cpu/msr_allowlist");
+    let before = std::fs::read(&loaded).unwrap();
+    // A duplicate would leave msr-safe with an EMPTY list: refused before anything is written.
+    let dup = n.path("dup");
+    std::fs::write(&dup, "0x199 0xffff\n0x199 0xff\n").unwrap();
+    let o = n.run(&["--json", "allowlist", "load", &dup]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = json_of(&o)["error"].as_str().unwrap().to_string();
+    assert!(e.contains("ENOTUNIQ") && e.contains("line 2"), "{e}");
+    assert_eq!(std::fs::read(&loaded).unwrap(), before);
+    // --auto picks al_06_55 for the emulated Skylake-SP from the repository's allowlists.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../allowlists");
+    let o = n.run(&[
+        "--json",
+        "--allowlist-dir",
+        dir,
+        "allowlist",
+        "load",
+        "--auto",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let j = json_of(&o);
+    assert!(j["file"].as_str().unwrap().ends_with("al_06_55"), "{j}");
+    assert_eq!(j["msrs"], 399);
+    let shown = json_of(&n.run(&["--json", "allowlist", "show"]));
+    assert_eq!(shown["msrs"], 399);
+    assert_eq!(shown["digest"], j["digest"]);
+    // An unknown CPU gets a clear refusal, not an empty list.
+    std::fs::write(
+        n.root.join("proc/cpuinfo"),
+        "vendor_id : GenuineIntel\ncpu family : 6\nmodel : 1\n",
+    )
+    .unwrap();
+    let o = n.run(&[
+        "--json",
+        "--allowlist-dir",
+        dir,
+        "allowlist",
+        "load",
+        "--auto",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(json_of(&o)["error"].as_str().unwrap().contains("al_06_1"));
+}
