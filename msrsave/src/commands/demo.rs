@@ -188,13 +188,16 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
         );
     }
 
-    let drift = restore::check(
-        backend.device.as_ref(),
-        &save.snapshot,
-        &backend.allowlist,
-        &backend.online,
-        DriftBits::Writable,
-    )?;
+    let check = || {
+        restore::check(
+            backend.device.as_ref(),
+            &save.snapshot,
+            &backend.allowlist,
+            &backend.online,
+            DriftBits::Writable,
+        )
+    };
+    let drift = check()?;
     line(
         &mut h,
         format!("4. Check after the job: {}", drift.summary()),
@@ -243,13 +246,7 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
     }
     steps.push(json!({"step": "restore", "written": report.written, "verified": report.verified, "failures": report.failures}));
 
-    let after = restore::check(
-        backend.device.as_ref(),
-        &save.snapshot,
-        &backend.allowlist,
-        &backend.online,
-        DriftBits::Writable,
-    )?;
+    let after = check()?;
     line(
         &mut h,
         format!("6. Check after restore: {}", after.summary()),
