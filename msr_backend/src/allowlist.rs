@@ -490,6 +490,11 @@ impl Allowlist {
         &self.source
     }
 
+    /// The position of `addr` in the list (the index of its values in a snapshot row).
+    pub fn index_of(&self, addr: MsrAddr) -> Option<usize> {
+        self.index.get(&addr).copied()
+    }
+
     pub fn get(&self, addr: MsrAddr) -> Option<&AllowlistEntry> {
         self.index.get(&addr).map(|&i| &self.entries[i])
     }

@@ -151,6 +151,14 @@ impl Node {
     }
 }
 
+/// True for a kernel device node (as opposed to an emulated register file or a missing path).
+pub fn is_char_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_char_device())
+        .unwrap_or(false)
+}
+
 /// The host name recorded in save files and checked on restore.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

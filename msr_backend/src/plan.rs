@@ -128,10 +128,11 @@ fn paired<'a>(
         Result<u64, OpError>,
     ),
 > + 'a {
-    let saved_entry: Vec<Option<usize>> = current
+    // Shared by every CPU's iterator: an Rc clone per CPU instead of a copy of the table.
+    let saved_entry: std::rc::Rc<[Option<usize>]> = current
         .entries()
         .iter()
-        .map(|e| saved.entries().iter().position(|s| s.addr == e.addr))
+        .map(|e| saved.allowlist.index_of(e.addr))
         .collect();
     current
         .cpus
@@ -139,7 +140,7 @@ fn paired<'a>(
         .enumerate()
         .filter_map(move |(ci, &cpu)| saved.cpu_index(cpu).map(|si| (ci, si, cpu)))
         .flat_map(move |(ci, si, cpu)| {
-            let saved_entry = saved_entry.clone();
+            let saved_entry = std::rc::Rc::clone(&saved_entry);
             current
                 .entries()
                 .iter()
@@ -235,19 +236,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::allowlist::{Allowlist, AllowlistEntry};
+    use crate::allowlist::Allowlist;
 
-    fn list(entries: &[(u32, u64)]) -> Arc<Allowlist> {
-        let e = entries
-            .iter()
-            .map(|&(a, m)| AllowlistEntry {
-                addr: MsrAddr(a),
-                mask: WriteMask(m),
-                name: None,
-            })
-            .collect();
-        Arc::new(Allowlist::from_entries(e, "t").unwrap())
-    }
+    use crate::device::double::allowlist_of as list;
 
     fn snap(al: Arc<Allowlist>, cpus: &[u32], values: Vec<Result<u64, OpError>>) -> Snapshot {
         Snapshot {

@@ -384,7 +384,7 @@ pub fn check(
         let (Some(addr), Some(si)) = (f.msr, saved.cpu_index(f.cpu)) else {
             continue;
         };
-        let se = saved.entries().iter().position(|e| e.addr == addr);
+        let se = saved.allowlist.index_of(addr);
         if se.is_some_and(|se| saved.value(si, se).is_ok()) {
             failures.push(f);
         }

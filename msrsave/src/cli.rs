@@ -197,40 +197,31 @@ pub enum AllowlistCommand {
     },
 }
 
-/// Global options that take a value, for [`rewrite_llnl_forms`].
-const VALUE_OPTIONS: [&str; 5] = [
-    "--root",
-    "--backend",
-    "--allowlist",
-    "--allowlist-dir",
-    "--config",
-];
-const SUBCOMMANDS: [&str; 11] = [
-    "save",
-    "restore",
-    "check",
-    "diff",
-    "show",
-    "allowlist",
-    "info",
-    "emulate",
-    "demo",
-    "job",
-    "help",
-];
-
 /// Keep LLNL msrsave's forms working: `msrsave FILE` is `save FILE`, `msrsave -r FILE` is
 /// `restore FILE`.
 pub fn rewrite_llnl_forms(args: Vec<OsString>) -> Vec<OsString> {
+    use clap::CommandFactory;
+    // Taken from the definition, so a new subcommand or global option needs no list here.
+    let command = Cli::command();
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect();
+    let value_options: Vec<String> = command
+        .get_arguments()
+        .filter(|a| a.is_global_set() && a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
     let mut out = args.clone();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy();
-        if VALUE_OPTIONS.contains(&a.as_ref()) {
+        if value_options.iter().any(|o| *o == a) {
             i += 2;
             continue;
         }
-        if SUBCOMMANDS.contains(&a.as_ref()) {
+        if subcommands.iter().any(|c| *c == a) {
             return out;
         }
         if a == "-r" {

@@ -577,6 +577,26 @@ impl CpuNodes for KernelCpuNodes {
     }
 }
 
+/// An allowlist of `(address, mask)` pairs, unnamed: the fixture the tests of the plan, the
+/// devices and the doubles all build from.
+///
+/// # Panics
+/// On a duplicate address (a test's own mistake).
+pub fn allowlist_of(entries: &[(u32, u64)]) -> Arc<crate::allowlist::Allowlist> {
+    let entries = entries
+        .iter()
+        .map(|&(a, m)| crate::allowlist::AllowlistEntry {
+            addr: MsrAddr(a),
+            mask: crate::types::WriteMask(m),
+            name: None,
+        })
+        .collect();
+    Arc::new(
+        crate::allowlist::Allowlist::from_entries(entries, "test")
+            .expect("test allowlist without duplicates"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     //! The doubles themselves against the documented kernel behaviour.

@@ -126,9 +126,7 @@ impl FsCpuNodes {
     /// `leaf` is `msr_safe` or `msr`. Whether the nodes are kernel devices is decided from the
     /// first CPU's node.
     pub fn new(node: Node, leaf: &'static str, probe_cpu: CpuId) -> FsCpuNodes {
-        let kernel = std::fs::metadata(node.cpu_node(probe_cpu, leaf))
-            .map(|m| m.file_type().is_char_device())
-            .unwrap_or(false);
+        let kernel = crate::node::is_char_device(&node.cpu_node(probe_cpu, leaf));
         FsCpuNodes { node, leaf, kernel }
     }
 }

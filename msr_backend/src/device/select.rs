@@ -3,7 +3,6 @@
 //! CAP_SYS_RAWIO, lockdown) so that `msrsave info` and every error can say why.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use super::percpu::{FsCpuNodes, PerCpuDevice};
 use super::{BackendKind, MsrDevice};
 use crate::allowlist::{select_allowlist, Allowlist};
 use crate::error::{Error, Result};
-use crate::node::{Node, BATCH_NODE};
+use crate::node::{is_char_device, Node, BATCH_NODE};
 use crate::types::CpuId;
 
 /// Linux capability number of CAP_SYS_RAWIO (include/uapi/linux/capability.h).
@@ -59,12 +58,6 @@ fn has_cap_sys_rawio() -> bool {
                 .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_SYS_RAWIO) != 0)
-}
-
-fn is_char_device(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.file_type().is_char_device())
-        .unwrap_or(false)
 }
 
 /// Try to open `path` for reading and writing, for a reason in words if we cannot.

@@ -10,6 +10,7 @@ use msr_backend::allowlist::{
 };
 use msr_backend::device::errno_meaning;
 use msr_backend::device::select::loaded_allowlist;
+use msr_backend::node::is_char_device;
 use nix::errno::Errno;
 use serde_json::json;
 
@@ -110,13 +111,6 @@ fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<Outcome> {
             shown(&node)
         ),
     ))
-}
-
-fn is_char_device(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(p)
-        .map(|m| m.file_type().is_char_device())
-        .unwrap_or(false)
 }
 
 fn lint(files: &[PathBuf]) -> Result<Outcome> {

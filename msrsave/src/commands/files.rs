@@ -150,7 +150,7 @@ pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<Outcome> {
             continue;
         };
         for (ei, e) in sa.entries().iter().enumerate() {
-            let Some(bj) = sb.entries().iter().position(|x| x.addr == e.addr) else {
+            let Some(bj) = sb.allowlist.index_of(e.addr) else {
                 continue;
             };
             let mask = if writable_only {

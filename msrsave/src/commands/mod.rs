@@ -118,6 +118,8 @@ impl Context {
 }
 
 pub fn dispatch(cli: &Cli) -> Result<Outcome> {
+    // Commands on files alone need no node; the others read the configuration and the node.
+    let ctx = || Context::new(&cli.global);
     match &cli.command {
         Command::Emulate {
             dir,
@@ -132,33 +134,27 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
             writable_only,
         } => files::diff(a, b, *writable_only),
         Command::Show { file, cpu } => files::show(file, *cpu),
-        command => {
-            let ctx = Context::new(&cli.global)?;
-            match command {
-                Command::Save { file, job_id } => node_ops::save(&ctx, file, job_id.as_deref()),
-                Command::Restore {
-                    file,
-                    dry_run,
-                    allow_foreign_host,
-                } => node_ops::restore(&ctx, file, *dry_run, *allow_foreign_host),
-                Command::Check {
-                    file,
-                    all_bits,
-                    prometheus,
-                    allow_foreign_host,
-                } => node_ops::check(
-                    &ctx,
-                    file,
-                    *all_bits,
-                    prometheus.as_deref(),
-                    *allow_foreign_host,
-                ),
-                Command::Allowlist(a) => allowlist::run(&ctx, a),
-                Command::Info => info::info(&ctx),
-                Command::Job(j) => job::run(&ctx, j),
-                _ => unreachable!("handled above"),
-            }
-        }
+        Command::Save { file, job_id } => node_ops::save(&ctx()?, file, job_id.as_deref()),
+        Command::Restore {
+            file,
+            dry_run,
+            allow_foreign_host,
+        } => node_ops::restore(&ctx()?, file, *dry_run, *allow_foreign_host),
+        Command::Check {
+            file,
+            all_bits,
+            prometheus,
+            allow_foreign_host,
+        } => node_ops::check(
+            &ctx()?,
+            file,
+            *all_bits,
+            prometheus.as_deref(),
+            *allow_foreign_host,
+        ),
+        Command::Allowlist(a) => allowlist::run(&ctx()?, a),
+        Command::Info => info::info(&ctx()?),
+        Command::Job(j) => job::run(&ctx()?, j),
     }
 }
 
