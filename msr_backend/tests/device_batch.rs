@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use msr_backend::allowlist::{Allowlist, AllowlistEntry};
+use msr_backend::allowlist::Allowlist;
 use msr_backend::device::batch::{msr_batch_op, BatchDevice, BatchIoctl, MAX_PRECHECK_ROUNDS};
 use msr_backend::device::double::KernelBatch;
 use msr_backend::device::{
@@ -15,17 +15,8 @@ use msr_backend::{CpuId, MsrAddr, WriteMask};
 use nix::errno::Errno;
 use proptest::prelude::*;
 
-fn allowlist(entries: &[(u32, u64)]) -> Arc<Allowlist> {
-    let entries = entries
-        .iter()
-        .map(|&(a, m)| AllowlistEntry {
-            addr: MsrAddr(a),
-            mask: WriteMask(m),
-            name: None,
-        })
-        .collect();
-    Arc::new(Allowlist::from_entries(entries, "test").unwrap())
-}
+mod common;
+use common::{allowlist, op_mask};
 
 /// A recognisable value for every register.
 fn seed(cpu: u32, addr: u32) -> u64 {
@@ -441,18 +432,6 @@ fn precheck_settles_after_a_few_hotplugs() {
             Ok(seed(ci, 0x101))
         };
         assert_eq!(snap.value(ci as usize, 1), want, "cpu {ci}");
-    }
-}
-
-/// 0: a read; 1: a write under some bits of the allowlist's mask; 2: under all of it; 3: under
-/// random bits (almost always outside it).
-fn op_mask(list: &Allowlist, addr: u32, bits: u64, how: u8) -> Option<WriteMask> {
-    let allowed = list.mask(MsrAddr(addr)).map_or(bits, |m| m.0);
-    match how {
-        0 => None,
-        1 => Some(WriteMask(allowed & bits)),
-        2 => Some(WriteMask(allowed)),
-        _ => Some(WriteMask(bits)),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use msr_backend::allowlist::{Allowlist, AllowlistEntry};
+use msr_backend::allowlist::Allowlist;
 use msr_backend::device::double::{Flavour, KernelCpuNodes};
 use msr_backend::device::percpu::PerCpuDevice;
 use msr_backend::device::{execute, BackendKind, MsrDevice, MsrOp, OpError, OpKind, Parallelism};
@@ -12,17 +12,8 @@ use msr_backend::{CpuId, MsrAddr, WriteMask};
 use nix::errno::Errno;
 use proptest::prelude::*;
 
-fn allowlist(entries: &[(u32, u64)]) -> Arc<Allowlist> {
-    let entries = entries
-        .iter()
-        .map(|&(a, m)| AllowlistEntry {
-            addr: MsrAddr(a),
-            mask: WriteMask(m),
-            name: None,
-        })
-        .collect();
-    Arc::new(Allowlist::from_entries(entries, "test").unwrap())
-}
+mod common;
+use common::{allowlist, op_mask};
 
 fn seed(cpu: u32, addr: u32) -> u64 {
     (u64::from(cpu) << 40) | (u64::from(addr) << 8) | 0xa5
@@ -250,18 +241,6 @@ fn guard_keeps_writes_inside_the_allowlist_and_the_mask() {
     );
     assert!(n.reads().iter().all(|&(_, a)| a != MsrAddr(0x6e0)));
     assert_eq!(n.register(CpuId(0), MsrAddr(0x6e0)), 0x42);
-}
-
-/// 0: a read; 1: a write under some bits of the allowlist's mask; 2: under all of it; 3: under
-/// random bits (almost always outside it).
-fn op_mask(list: &Allowlist, addr: u32, bits: u64, how: u8) -> Option<WriteMask> {
-    let allowed = list.mask(MsrAddr(addr)).map_or(bits, |m| m.0);
-    match how {
-        0 => None,
-        1 => Some(WriteMask(allowed & bits)),
-        2 => Some(WriteMask(allowed)),
-        _ => Some(WriteMask(bits)),
-    }
 }
 
 proptest! {
