@@ -4,8 +4,8 @@
 //!
 //!   cargo bench -p msr_backend --bench snapshot [-- CPUS ROUNDS]
 //!
-//! The allowlist is taken from $MSR_BENCH_ALLOWLIST, else msr-safe's v1.7.0 al_0655 in the
-//! shared reference folder beside the repository.
+//! The allowlist is taken from $MSR_BENCH_ALLOWLIST, else our allowlists/al_06_55, which is
+//! msr-safe v1.7.0's al_0655 entry for entry.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -63,8 +63,7 @@ fn main() {
     let list_path = std::env::var_os("MSR_BENCH_ALLOWLIST")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/reference/msr-safe-allowlists/v1.7.0/al_0655")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../allowlists/al_06_55")
         });
     let list = Allowlist::from_file(&list_path).expect("benchmark allowlist");
     let dir = tempfile::tempdir().expect("temp dir");

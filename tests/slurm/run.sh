@@ -323,15 +323,8 @@ perf_run() { # LABEL N: prints "srun_ms total_ms" per job into $JOBS/perf-LABEL.
 perf() {
     local n=${PERF_JOBS:-15} list node256="$MSR_SLURM_DIR/node256" pstate="$MSR_SLURM_DIR/perf-state"
     echo "== performance: prolog and epilog cost on an emulated node of 256 CPUs ($n jobs each)"
-    list=""
-    for c in "$repo/../shared/reference/msr-safe-allowlists/v1.7.0/al_0655" \
-        /work/shared/reference/msr-safe-allowlists/v1.7.0/al_0655; do
-        [[ -r $c ]] && { list=$c; break; }
-    done
-    if [[ -z $list ]]; then # a list of the same size: 399 MSRs, 266 writable
-        list="$MSR_SLURM_DIR/etc/perf-allowlist"
-        awk 'BEGIN{for(i=0;i<399;i++) printf "0x%08X 0x%016X\n", 0x100+i, (i<266)?0xFFFF:0}' >"$list"
-    fi
+    # Skylake-SP: msr-safe v1.7.0's al_0655, entry for entry (399 MSRs, 266 writable).
+    list="$repo/allowlists/al_06_55"
     make_node "$node256" 256 "$list" || { fail "emulate a 256-CPU node"; return 1; }
     rm -rf "$pstate"
     local first_job

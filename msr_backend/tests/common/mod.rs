@@ -1,7 +1,11 @@
 //! Fixtures shared by the device integration tests.
+#![allow(dead_code)]
 
 use msr_backend::allowlist::Allowlist;
+#[allow(unused_imports)]
 pub use msr_backend::device::double::allowlist_of as allowlist;
+
+pub mod lists;
 use msr_backend::{MsrAddr, WriteMask};
 
 /// 0: a read; 1: a write under some bits of the allowlist's mask; 2: under all of it; 3: under
