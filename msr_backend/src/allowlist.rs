@@ -25,6 +25,9 @@ pub const MAX_ALLOWLIST_BYTES: usize = 128 * 1024;
 pub const CLEARING_WRITE_MAX: usize = 2;
 /// The header line the kernel puts before the first entry on read-back.
 pub const READBACK_HEADER: &str = "#MSR       Write mask        \n";
+/// The length of one entry as the kernel reads it back (`0x%08llX 0x%016llX\n`, for addresses
+/// below 2^32).
+pub const READBACK_ENTRY_BYTES: usize = 30;
 
 /// One allowlisted MSR.
 #[derive(Clone, Debug, PartialEq, Eq)]

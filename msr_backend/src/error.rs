@@ -45,3 +45,20 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes on one line (`a: b: c`). Errors in this library leave their cause
+/// out of their own message and give it as the source, so each cause is printed once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Older messages still embed their source's text; do not print it twice.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod emulate;
 pub mod error;
+pub mod fsio;
 pub mod jobs;
 pub mod names;
 pub mod node;

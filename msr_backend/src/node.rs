@@ -110,15 +110,12 @@ impl Node {
             .map(|u| u.release().to_string_lossy().into_owned())
     }
 
-    /// msr-safe's module version, if the module is loaded.
+    /// msr-safe's module version as it reports it (`1.8.0`), if the module is loaded.
     pub fn msr_safe_version(&self) -> Option<String> {
-        if let Ok(s) = self.read_text(MSR_SAFE_VERSION) {
-            return Some(s.trim().to_string());
+        match crate::device::control::read_version(self)? {
+            Ok(v) => Some(v.to_string()),
+            Err(text) => Some(text),
         }
-        // The device node returns the version with a trailing NUL.
-        self.read_text(MSR_SAFE_VERSION_NODE)
-            .ok()
-            .map(|s| s.trim_end_matches(['\0', '\n']).to_string())
     }
 
     /// The kernel lockdown state (`none`, `integrity`, `confidentiality`) if the kernel has one.

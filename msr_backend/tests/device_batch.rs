@@ -293,6 +293,21 @@ fn e2big_on_a_single_op_fails_the_call() {
     }
 }
 
+/// msr-safe 2.x changed the op struct and refuses a 1.x array with ENOPROTOOPT: the whole call
+/// fails, naming the ABI, and no op gets a result it did not have.
+#[test]
+fn a_2x_module_refuses_our_abi_as_a_whole_call() {
+    let (k, list) = machine(2, 2);
+    let dev = BatchDevice::new(k.clone().module_major(2), list.clone());
+    let err = Snapshot::take(&dev, list, &all_cpus(2)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("ENOPROTOOPT") && text.contains("2.x"),
+        "{text}"
+    );
+    assert!(k.writes().is_empty());
+}
+
 #[test]
 fn an_error_the_ops_do_not_explain_fails_the_call() {
     let (k, list) = machine(2, 2);

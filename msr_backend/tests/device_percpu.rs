@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use msr_backend::allowlist::Allowlist;
-use msr_backend::device::double::{Flavour, KernelCpuNodes};
+use msr_backend::device::double::{Caller, Flavour, KernelCpuNodes, NodeMode};
 use msr_backend::device::percpu::PerCpuDevice;
 use msr_backend::device::{execute, BackendKind, MsrDevice, MsrOp, OpError, OpKind, Parallelism};
 use msr_backend::snapshot::Snapshot;
@@ -123,6 +123,36 @@ fn permission_errors_on_open_fail_every_op_of_the_cpu() {
     n.deny_open(Some(Errno::EPERM));
     let snap = Snapshot::take(&dev, list, &cpus(2)).unwrap();
     assert!(snap.values.iter().all(|v| *v == errno(Errno::EPERM)));
+}
+
+/// The nodes are 0600 root:root as devtmpfs makes them: a user outside the owner gets EACCES on
+/// every op and nothing is written; with a site's 0660 group rule a member reads and writes.
+#[test]
+fn node_modes_decide_who_gets_in() {
+    let (n, list) = nodes(Flavour::MsrSafe, 2);
+    let dev = device(&n, &list);
+    let msr_user = 4242;
+    n.open_as(Caller::user(1000, &[msr_user]));
+    let snap = Snapshot::take(&dev, list.clone(), &cpus(2)).unwrap();
+    assert!(snap.values.iter().all(|v| *v == errno(Errno::EACCES)));
+    let mut w = vec![MsrOp::write(CpuId(0), MsrAddr(0x199), 1, WriteMask(0xff))];
+    dev.run(&mut w).unwrap();
+    assert_eq!(w[0].result, Some(errno(Errno::EACCES)));
+    assert!(n.writes().is_empty());
+    n.set_mode(NodeMode {
+        mode: 0o660,
+        uid: 0,
+        gid: msr_user,
+    });
+    let snap = Snapshot::take(&dev, list.clone(), &cpus(2)).unwrap();
+    assert_eq!(snap.unreadable(), 0);
+    dev.run(&mut w).unwrap();
+    assert!(matches!(w[0].result, Some(Ok(_))), "{w:?}");
+    n.open_as(Caller::user(1001, &[]));
+    assert_eq!(
+        Snapshot::take(&dev, list, &cpus(2)).unwrap().unreadable(),
+        2 * LIST.len()
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! - [`KernelCpuNodes`] implements [`CpuNodes`]: `/dev/cpu/N/msr_safe` ([`Flavour::MsrSafe`]) or
 //!   the stock `/dev/cpu/N/msr` ([`Flavour::StockMsr`]), with hotplug and injectable permission
 //!   errors.
+//! - [`AllowlistNode`] and [`VersionNode`]: msr-safe's control nodes, one record per read, with
+//!   the permission check of their device node modes ([`NodeMode`], [`Caller`]).
 //!
 //! Both are cheap handles over shared state: clone one into the device under test and keep the
 //! other to change the "machine" between calls and to assert on what reached the "kernel"
@@ -88,6 +90,8 @@ struct BatchState {
     allowlist: HashMap<MsrAddr, WriteMask>,
     regs: Registers,
     max_ops: Option<usize>,
+    /// The module's major version: 2 refuses every 1.x array with ENOPROTOOPT.
+    abi_major: u32,
     fail_next: VecDeque<Errno>,
     calls: usize,
     received: Vec<Vec<msr_batch_op>>,
@@ -127,6 +131,7 @@ impl KernelBatch {
                 allowlist: HashMap::new(),
                 regs: Registers::default(),
                 max_ops: None,
+                abi_major: 1,
                 fail_next: VecDeque::new(),
                 calls: 0,
                 received: Vec::new(),
@@ -167,6 +172,13 @@ impl KernelBatch {
     /// rdmsr of `addr` faults on `cpu`.
     pub fn unsupported_on(self, cpu: CpuId, addr: MsrAddr) -> Self {
         lock(&self.state).regs.unsupported.insert((Some(cpu), addr));
+        self
+    }
+
+    /// The module is msr-safe `major`.x: from 2 on, an array of the 1.x version (ours) is
+    /// refused with `ENOPROTOOPT` before anything is looked at (LLNL/msr-safe PR #174).
+    pub fn module_major(self, major: u32) -> Self {
+        lock(&self.state).abi_major = major;
         self
     }
 
@@ -276,6 +288,9 @@ impl BatchIoctl for KernelBatch {
         if let Some(e) = s.fail_next.pop_front() {
             return Err(e);
         }
+        if s.abi_major != super::batch::MSR_BATCH_ABI_VERSION >> 16 {
+            return Err(Errno::ENOPROTOOPT);
+        }
         if ops.is_empty() {
             return Err(Errno::EINVAL);
         }
@@ -333,6 +348,9 @@ struct NodesState {
     /// CPU -> ops left before it goes offline.
     offline_after: HashMap<CpuId, usize>,
     kernel_devices: bool,
+    /// The nodes' owner and mode, and who opens them.
+    mode: NodeMode,
+    caller: Caller,
     opens: Vec<(CpuId, bool)>,
     reads: Vec<(CpuId, MsrAddr)>,
     writes: Vec<WriteRecord>,
@@ -399,6 +417,8 @@ impl NodesState {
 
 /// Per-CPU MSR nodes as the kernel serves them:
 ///
+/// - open: the permission check of the nodes' mode for the caller ([`KernelCpuNodes::set_mode`],
+///   [`KernelCpuNodes::open_as`]; 0600 root:root and root by default), `EACCES` when it fails;
 /// - open of an offline CPU: `ENXIO` by default ([`KernelCpuNodes::offline_open_errno`] makes it
 ///   `ENOENT`, as a fresh open after the node vanished with hotplug gets); an injected open
 ///   error ([`KernelCpuNodes::deny_open`], [`KernelCpuNodes::deny_writable_open`]: `EACCES` for a
@@ -430,6 +450,8 @@ impl KernelCpuNodes {
                 write_error: None,
                 offline_after: HashMap::new(),
                 kernel_devices: false,
+                mode: NodeMode::ROOT_ONLY,
+                caller: Caller::ROOT,
                 opens: Vec::new(),
                 reads: Vec::new(),
                 writes: Vec::new(),
@@ -462,6 +484,16 @@ impl KernelCpuNodes {
     pub fn offline_open_errno(self, errno: Errno) -> Self {
         lock(&self.state).offline_open_errno = errno;
         self
+    }
+
+    /// The nodes' owner and mode (devtmpfs: 0600 root:root; site udev rules: 0660 a group).
+    pub fn set_mode(&self, mode: NodeMode) {
+        lock(&self.state).mode = mode;
+    }
+
+    /// Who opens the nodes from now on (root by default).
+    pub fn open_as(&self, caller: Caller) {
+        lock(&self.state).caller = caller;
     }
 
     /// Every open fails with `errno`.
@@ -554,6 +586,7 @@ impl CpuNodes for KernelCpuNodes {
         if let Some(e) = s.writable_open_error.filter(|_| writable) {
             return Err(e);
         }
+        s.mode.permits(&s.caller, writable)?;
         if !s.online.contains(&cpu) {
             return Err(s.offline_open_errno);
         }
@@ -574,6 +607,241 @@ impl CpuNodes for KernelCpuNodes {
             Flavour::StockMsr => "msr",
         };
         format!("/dev/cpu/N/{leaf} (test double)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node permissions
+// ---------------------------------------------------------------------------------------------
+
+/// Who opens a node: a uid and its groups. Root passes every permission check
+/// (CAP_DAC_OVERRIDE), as in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gids: Vec::new(),
+    };
+
+    pub fn user(uid: u32, gids: &[u32]) -> Caller {
+        Caller {
+            uid,
+            gids: gids.to_vec(),
+        }
+    }
+}
+
+/// A device node's owner, group and permission bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeMode {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl NodeMode {
+    /// What devtmpfs gives msr-safe's nodes: 0600 root:root (0400 for the version node).
+    pub const ROOT_ONLY: NodeMode = NodeMode {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+
+    /// The permission check of an open for reading and, with `write`, writing.
+    pub fn permits(self, caller: &Caller, write: bool) -> Result<(), Errno> {
+        if caller.uid == 0 {
+            return Ok(());
+        }
+        let bits = if caller.uid == self.uid {
+            self.mode >> 6
+        } else if caller.gids.contains(&self.gid) {
+            self.mode >> 3
+        } else {
+            self.mode
+        } & 0o7;
+        let need = if write { 0o6 } else { 0o4 };
+        if bits & need == need {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control nodes: /dev/cpu/msr_allowlist and /dev/cpu/msr_safe_version
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct AllowlistState {
+    /// As the kernel keeps them: 64-bit addresses and masks, in file order.
+    entries: Vec<(u64, u64)>,
+    mode: NodeMode,
+}
+
+/// msr-safe's `/dev/cpu/msr_allowlist` as msr_allowlist.c (1.8.0) serves it, and as the real
+/// module in a guest showed:
+///
+/// - open: mode 0600 root:root unless changed ([`AllowlistNode::set_mode`], as udev rules do).
+/// - `read()`: one record per call at the file position (an entry index): the header line plus
+///   the first entry at index 0, one entry after; `E2BIG` if the buffer is smaller than the
+///   record; 0 past the last entry. The position goes back to 0 on every read that does not
+///   return a record.
+/// - `write()`: 2 bytes or less clears the list and succeeds; more than 128 KiB is `E2BIG`;
+///   otherwise the text is parsed as the kernel does ([`crate::allowlist::kernel_parse`]): a
+///   pass-1 error or no entries keeps the old list, a duplicate (`ENOTUNIQ`) leaves it empty.
+#[derive(Clone, Debug)]
+pub struct AllowlistNode {
+    state: Arc<Mutex<AllowlistState>>,
+}
+
+impl Default for AllowlistNode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AllowlistNode {
+    /// A node with no list loaded, 0600 root:root.
+    pub fn new() -> AllowlistNode {
+        AllowlistNode {
+            state: Arc::new(Mutex::new(AllowlistState {
+                entries: Vec::new(),
+                mode: NodeMode::ROOT_ONLY,
+            })),
+        }
+    }
+
+    pub fn set_mode(&self, mode: NodeMode) {
+        lock(&self.state).mode = mode;
+    }
+
+    /// The loaded entries as `(address, mask)`.
+    pub fn entries(&self) -> Vec<(u64, u64)> {
+        lock(&self.state).entries.clone()
+    }
+
+    /// Open the node for reading and, with `write`, writing.
+    pub fn open(&self, caller: &Caller, write: bool) -> Result<OpenAllowlistNode, Errno> {
+        lock(&self.state).mode.permits(caller, write)?;
+        Ok(OpenAllowlistNode {
+            state: Arc::clone(&self.state),
+            pos: 0,
+            write,
+        })
+    }
+}
+
+/// An open [`AllowlistNode`].
+pub struct OpenAllowlistNode {
+    state: Arc<Mutex<AllowlistState>>,
+    /// `*ppos`: the index of the next entry.
+    pos: usize,
+    write: bool,
+}
+
+impl std::io::Read for OpenAllowlistNode {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let s = lock(&self.state);
+        let idx = std::mem::take(&mut self.pos);
+        let Some(&(msr, mask)) = s.entries.get(idx) else {
+            return Ok(0);
+        };
+        let mut record = String::new();
+        if idx == 0 {
+            record.push_str(crate::allowlist::READBACK_HEADER);
+        }
+        record.push_str(&format!("0x{msr:08X} 0x{mask:016X}\n"));
+        if record.len() > buf.len() {
+            return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        buf[..record.len()].copy_from_slice(record.as_bytes());
+        self.pos = idx + 1;
+        Ok(record.len())
+    }
+}
+
+impl std::io::Write for OpenAllowlistNode {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use crate::allowlist::{kernel_parse, CLEARING_WRITE_MAX, MAX_ALLOWLIST_BYTES};
+        if !self.write {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let mut s = lock(&self.state);
+        if buf.len() <= CLEARING_WRITE_MAX {
+            s.entries.clear();
+            return Ok(buf.len());
+        }
+        if buf.len() > MAX_ALLOWLIST_BYTES {
+            return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        match kernel_parse(buf) {
+            Ok(entries) => {
+                s.entries = entries.into_iter().map(|e| (e.msr, e.mask)).collect();
+                Ok(buf.len())
+            }
+            Err(e) => {
+                if e.errno == Errno::ENOTUNIQ {
+                    s.entries.clear();
+                }
+                Err(std::io::Error::from_raw_os_error(e.errno as i32))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// msr-safe's `/dev/cpu/msr_safe_version` (msr_version.c): mode 0400 root:root; the first
+/// `read()` returns the version and its NUL (cut to the buffer's size, without an error, if the
+/// buffer is shorter), every later read 0.
+#[derive(Clone, Debug)]
+pub struct VersionNode {
+    version: String,
+    mode: NodeMode,
+}
+
+impl VersionNode {
+    pub fn new(version: &str) -> VersionNode {
+        VersionNode {
+            version: version.to_string(),
+            mode: NodeMode {
+                mode: 0o400,
+                ..NodeMode::ROOT_ONLY
+            },
+        }
+    }
+
+    pub fn open(&self, caller: &Caller) -> Result<OpenVersionNode, Errno> {
+        self.mode.permits(caller, false)?;
+        let mut text = self.version.clone().into_bytes();
+        text.push(0);
+        Ok(OpenVersionNode { text, read: false })
+    }
+}
+
+/// An open [`VersionNode`].
+pub struct OpenVersionNode {
+    text: Vec<u8>,
+    read: bool,
+}
+
+impl std::io::Read for OpenVersionNode {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read {
+            return Ok(0);
+        }
+        let n = self.text.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.text[..n]);
+        self.read = true;
+        Ok(n)
     }
 }
 

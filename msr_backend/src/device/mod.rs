@@ -7,6 +7,7 @@
 //! allowlist, whatever the kernel module below would allow.
 
 pub mod batch;
+pub mod control;
 pub mod double;
 pub mod percpu;
 pub mod select;
@@ -132,6 +133,9 @@ pub fn errno_meaning(e: Errno) -> &'static str {
         Errno::ENOENT => "device node missing (CPU offline or driver not loaded)",
         Errno::EINVAL => "invalid request",
         Errno::E2BIG => "batch too large for the kernel to allocate",
+        Errno::ENOPROTOOPT => {
+            "msr-safe refused the batch's ABI version: the module speaks another struct msr_batch_op (2.x); use --backend safe"
+        }
         _ => e.desc(),
     }
 }
@@ -147,6 +151,7 @@ fn errno_from_name(name: &str) -> Option<Errno> {
         Errno::ENOENT,
         Errno::EINVAL,
         Errno::E2BIG,
+        Errno::ENOPROTOOPT,
         Errno::EFAULT,
         Errno::ENODEV,
         Errno::EBUSY,

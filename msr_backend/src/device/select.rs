@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::control::BatchAbi;
 use super::percpu::{FsCpuNodes, PerCpuDevice};
 use super::{BackendKind, MsrDevice};
 use crate::allowlist::{select_allowlist, Allowlist};
@@ -79,11 +80,15 @@ fn probe_open(path: &Path, what: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The allowlist loaded in msr-safe, as the kernel reads it back.
+/// The allowlist loaded in msr-safe, as the kernel reads it back (one record per read: see
+/// [`super::control`]).
 pub fn loaded_allowlist(node: &Node) -> std::result::Result<Allowlist, String> {
-    let path = node.allowlist_node();
-    let text = std::fs::read(&path)
-        .map_err(|e| format!("cannot read the loaded allowlist {}: {e}", path.display()))?;
+    let (text, path) = super::control::read_loaded_allowlist(node).map_err(|e| {
+        format!(
+            "cannot read the loaded allowlist: {}",
+            crate::error::chain(&e)
+        )
+    })?;
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(format!(
             "msr-safe has no allowlist loaded ({} is empty): load one with `msrsave allowlist load --auto` or pass --allowlist FILE",
@@ -143,6 +148,20 @@ fn stock_allowlist(node: &Node, req: &BackendRequest) -> Result<Chosen> {
     })
 }
 
+/// Whether the loaded msr-safe speaks the batch ABI of our bindings (1.x), for a reason in words
+/// if not. A module too old to report its version (before 1.2) speaks 1.x.
+fn batch_abi_fits(node: &Node) -> std::result::Result<(), String> {
+    match super::control::read_version(node) {
+        Some(Ok(v)) if v.batch_abi() == BatchAbi::Unsupported => Err(format!(
+            "msr-safe {v} is loaded: its batch ioctl takes another struct msr_batch_op than the \
+             1.x one this msrsave speaks (2.x changed it), so no batch is sent; the per-CPU nodes \
+             (--backend safe) work"
+        )),
+        Some(Err(e)) => Err(format!("cannot tell msr-safe's batch ABI: {e}")),
+        Some(Ok(_)) | None => Ok(()),
+    }
+}
+
 fn try_batch(
     node: &Node,
     req: &BackendRequest,
@@ -160,6 +179,7 @@ fn try_batch(
             path.display()
         ));
     }
+    batch_abi_fits(node)?;
     let chosen = safe_allowlist(node, req)?;
     let device = super::batch::BatchDevice::open(&path, chosen.allowlist.clone())
         .map_err(|e| e.to_string())?;
@@ -272,4 +292,36 @@ pub fn open_backend(node: &Node, req: &BackendRequest) -> Result<OpenBackend> {
         .map(|s| format!("{}: {}", s.backend, s.reason))
         .collect();
     Err(Error::NoBackend(reasons.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with_version(version: Option<&str>) -> (tempfile::TempDir, Node) {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::new(dir.path());
+        if let Some(v) = version {
+            let p = node.path(crate::node::MSR_SAFE_VERSION);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, v).unwrap();
+        }
+        (dir, node)
+    }
+
+    #[test]
+    fn batch_is_refused_on_a_2x_module_by_name() {
+        let (_d, n) = node_with_version(Some("2.0.4\n"));
+        let why = batch_abi_fits(&n).unwrap_err();
+        assert!(
+            why.contains("msr-safe 2.0.4") && why.contains("--backend safe"),
+            "{why}"
+        );
+        for ok in [Some("1.8.0\n"), Some("1.7\n"), None] {
+            let (_d, n) = node_with_version(ok);
+            assert_eq!(batch_abi_fits(&n), Ok(()), "{ok:?}");
+        }
+        let (_d, n) = node_with_version(Some("garbage\n"));
+        assert!(batch_abi_fits(&n).unwrap_err().contains("garbage"));
+    }
 }

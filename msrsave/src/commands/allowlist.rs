@@ -1,17 +1,14 @@
 //! `allowlist show | select | load | lint`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use msr_backend::allowlist::{
     kernel_parse, lint as lint_text, select_allowlist, Allowlist, Severity,
 };
-use msr_backend::device::errno_meaning;
+use msr_backend::device::control;
 use msr_backend::device::select::loaded_allowlist;
-use msr_backend::node::is_char_device;
-use nix::errno::Errno;
+use msr_backend::error::chain;
 use serde_json::json;
 
 use super::{line, shown, Context, Outcome};
@@ -73,32 +70,8 @@ fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<Outcome> {
         "{} does not exist: msr-safe is not loaded (modprobe msr-safe), so no list was loaded",
         shown(&node)
     );
-    let mut f = OpenOptions::new()
-        .write(true)
-        .truncate(!is_char_device(&node))
-        .open(&node)
-        .with_context(|| {
-            format!(
-                "cannot open {} for writing (needs root or the msr-admin group)",
-                shown(&node)
-            )
-        })?;
-    // msr-safe takes the whole list in one write().
-    let written = f.write(&text).map_err(|e| {
-        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-        anyhow::anyhow!(
-            "{}: msr-safe refused {}: {errno:?} ({})",
-            shown(&node),
-            shown(&path),
-            errno_meaning(errno)
-        )
-    })?;
-    anyhow::ensure!(
-        written == text.len(),
-        "{}: short write ({written} of {} bytes)",
-        shown(&node),
-        text.len()
-    );
+    let node = control::load_allowlist(&ctx.node, &text)
+        .map_err(|e| anyhow::anyhow!("{} not loaded: {}", shown(&path), chain(&e)))?;
     Ok(Outcome::new(
         EXIT_OK,
         json!({"command": "allowlist load", "ok": true, "file": shown(&path), "node": shown(&node),
