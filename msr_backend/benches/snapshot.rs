@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use msr_backend::allowlist::Allowlist;
 use msr_backend::device::select::{open_backend, BackendRequest};
 use msr_backend::emulate::{self, EmulatedNodeSpec};
-use msr_backend::node::CpuIdentity;
 use msr_backend::restore;
 use msr_backend::savefile::{SaveFile, SaveMeta};
 use msr_backend::snapshot::Snapshot;
+use msr_backend::types::CpuIdentity;
 use rayon::prelude::*;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 
-use crate::names;
-use crate::node::CpuIdentity;
+use crate::msrs;
+use crate::types::CpuIdentity;
 use crate::types::{MsrAddr, WriteMask};
 
 /// The kernel's buffer limit: a write of more than 128 KiB is refused with E2BIG.
@@ -103,12 +103,8 @@ impl fmt::Display for KernelParseError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllowlistError {
-    #[error("allowlist {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("allowlist")]
+    Read(#[source] crate::fsio::InputError),
     #[error("allowlist {source_name}: {error}")]
     Parse {
         source_name: String,
@@ -390,6 +386,19 @@ fn trailing_comment(buf: &[u8], mut pos: usize) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// Read an allowlist file: a regular file (a FIFO or a device is refused, never waited on) of
+/// at most the kernel's 128 KiB (more is what msr-safe refuses with E2BIG).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, AllowlistError> {
+    crate::fsio::read_file(
+        path,
+        crate::fsio::Expect::Regular,
+        crate::fsio::Links::Follow,
+        MAX_ALLOWLIST_BYTES as u64,
+        "allowlist (msr-safe takes at most 128 KiB)",
+    )
+    .map_err(AllowlistError::Read)
+}
+
 /// A hasher for MSR addresses: the guard looks one up for every op, and SipHash's DoS
 /// resistance buys nothing for a key set read from a root-owned file.
 #[derive(Default, Clone, Copy)]
@@ -446,10 +455,7 @@ impl Allowlist {
     }
 
     pub fn from_file(path: &Path) -> Result<Allowlist, AllowlistError> {
-        let text = std::fs::read(path).map_err(|source| AllowlistError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_file(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -526,18 +532,14 @@ impl Allowlist {
     /// `sha256:<hex>` over the read-back form: the same for every spelling of the same list.
     pub fn digest(&self) -> String {
         let d = Sha256::digest(self.to_kernel_text().as_bytes());
-        format!("sha256:{}", hex(&d))
+        format!("sha256:{}", crate::types::hex_bytes(&d))
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl AllowlistEntry {
-    /// The entry's name comment, or else the well-known name of its MSR ([`names::msr_name`]).
+    /// The entry's name comment, or else the well-known name of its MSR ([`msrs::msr_name`]).
     pub fn display_name(&self) -> Option<&str> {
-        self.name.as_deref().or_else(|| names::msr_name(self.addr))
+        self.name.as_deref().or_else(|| msrs::msr_name(self.addr))
     }
 }
 
@@ -600,10 +602,7 @@ pub fn select_allowlist(id: &CpuIdentity, dirs: &[PathBuf]) -> Result<PathBuf, A
             if !path.is_file() {
                 continue;
             }
-            let text = std::fs::read(&path).map_err(|source| AllowlistError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = read_file(&path)?;
             match kernel_parse(&text) {
                 Err(e) if e.errno == Errno::ENOMSG => templates.push(path),
                 _ => return Ok(path),
@@ -832,8 +831,8 @@ pub fn lint(text: &[u8]) -> Vec<LintFinding> {
             ));
             continue;
         };
-        if mask != 0 && names::is_read_only(MsrAddr(addr)) {
-            let name = names::msr_name(MsrAddr(addr)).unwrap_or("?");
+        if mask != 0 && msrs::is_read_only(MsrAddr(addr)) {
+            let name = msrs::msr_name(MsrAddr(addr)).unwrap_or("?");
             out.push(warn(
                 s.raw.line,
                 format!(

@@ -17,10 +17,8 @@ use std::path::{Path, PathBuf};
 
 use crate::allowlist::Allowlist;
 use crate::error::{Error, Result};
-use crate::node::{
-    CpuIdentity, Node, ALLOWLIST_NODE, CPUINFO, MSR_SAFE_VERSION, ONLINE_CPUS, OSRELEASE,
-};
-use crate::types::{CpuId, MsrAddr};
+use crate::node::{Node, ALLOWLIST_NODE, CPUINFO, MSR_SAFE_VERSION, ONLINE_CPUS, OSRELEASE};
+use crate::types::{CpuId, CpuIdentity, MsrAddr};
 
 /// The msr-safe version an emulated node claims.
 pub const EMULATED_MSR_SAFE_VERSION: &str = "1.8.0";
@@ -93,10 +91,12 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
             dir.display()
         )));
     }
-    if spec.cpus == 0 {
-        return Err(Error::Usage(
-            "an emulated node needs at least one CPU".to_string(),
-        ));
+    if spec.cpus == 0 || spec.cpus > crate::types::MAX_CPUS {
+        return Err(Error::Usage(format!(
+            "an emulated node has 1 to {} CPUs (the kernel's most), not {}",
+            crate::types::MAX_CPUS,
+            spec.cpus
+        )));
     }
     write_file(
         &node.path(ALLOWLIST_NODE),

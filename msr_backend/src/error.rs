@@ -1,10 +1,17 @@
-//! The library's error type. Each variant names what failed (file, line, CPU, MSR) so that a
-//! binary can print it as it is and an admin knows what to do.
+//! The error where whole operations meet (use cases in [`crate::operations`], the job protocol's
+//! device side). Each module owns its own error type; this one only gathers them. Every message
+//! names what failed (file, line, CPU, MSR) and leaves its cause to `source()`: print an error
+//! with [`chain`] to see each cause once.
 
 use std::path::PathBuf;
 
 use crate::allowlist::AllowlistError;
+use crate::config::ConfigError;
+use crate::device::control::ControlError;
+use crate::device::select::NoBackend;
 use crate::device::DeviceError;
+use crate::fsio::InputError;
+use crate::node::NodeError;
 use crate::savefile::SaveFileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -20,19 +27,29 @@ pub enum Error {
     #[error(transparent)]
     Device(#[from] DeviceError),
 
-    #[error("{path}: {source}")]
+    #[error(transparent)]
+    Node(#[from] NodeError),
+
+    #[error(transparent)]
+    Input(#[from] InputError),
+
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error(transparent)]
+    Control(#[from] ControlError),
+
+    #[error(transparent)]
+    NoBackend(#[from] NoBackend),
+
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{path}: {reason}")]
-    Node { path: PathBuf, reason: String },
-
-    #[error("no usable MSR backend: {0}")]
-    NoBackend(String),
-
+    /// A request that cannot be carried out as asked (the message says why and what to do).
     #[error("{0}")]
     Usage(String),
 }
@@ -46,14 +63,13 @@ impl Error {
     }
 }
 
-/// An error and its causes on one line (`a: b: c`). Errors in this library leave their cause
-/// out of their own message and give it as the source, so each cause is printed once.
+/// An error and its causes on one line (`a: b: c`), each cause once.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        // Older messages still embed their source's text; do not print it twice.
+        // A transparent wrapper repeats its inner message: print it once.
         if !out.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);

@@ -1,11 +1,20 @@
-//! Reading what comes from outside, and nothing more: every file this library reads is opened
-//! without blocking (a FIFO never hangs us), checked to be the kind of file expected (a regular
-//! file, or the kernel's character device where one is expected), optionally without following a
-//! final symbolic link (files that are ours: the state directory, save targets), and read up to a
-//! documented limit derived from what a valid file can hold.
+//! Files in and out, and nothing more.
+//!
+//! In: every file this library reads is opened without blocking (a FIFO never hangs us), checked
+//! to be the kind of file expected (a regular file, or the kernel's character device where one is
+//! expected), optionally without following a final symbolic link (files that are ours: the state
+//! directory, save targets), and read up to a documented limit derived from what a valid file can
+//! hold.
+//!
+//! Out: [`write_atomically_with`] writes a file so that a reader sees the old one or the whole new
+//! one, never part: a temporary file beside the target (created exclusively, mode as asked, an
+//! unpredictable name `.NAME.tmp.PID.RANDOM`), fsync, rename, fsync of the directory. A writer
+//! killed before the rename leaves its temporary file; [`remove_stale_temps`] removes those whose
+//! writer no longer runs, and every writer calls it first.
 
-use std::fs::File;
-use std::io::Read;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -196,9 +205,214 @@ pub fn read_file(
     read_limited(&mut f, limit, path, what)
 }
 
+/// Why a file could not be written. Nothing was replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("refusing to write {path}: it is a symbolic link")]
+    Symlink { path: PathBuf },
+    #[error("writing {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WriteError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+        move |source| WriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The marker between a target's name and the writer's pid in a temporary file's name.
+const TEMP_MARK: &str = ".tmp.";
+
+/// A temporary name for `file_name`: `.NAME.tmp.PID.RANDOM` (the pid lets a later writer tell
+/// whether the one that left it still runs; the random part makes it unpredictable).
+fn temp_name(file_name: &str) -> String {
+    // RandomState's keys come from the OS's random source.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(".{file_name}{TEMP_MARK}{}.{r:016x}", std::process::id())
+}
+
+/// The pid in a temporary file name made for `file_name`, if `name` is one.
+fn temp_writer(name: &str, file_name: &str) -> Option<i32> {
+    let rest = name
+        .strip_prefix('.')?
+        .strip_prefix(file_name)?
+        .strip_prefix(TEMP_MARK)?;
+    // `.NAME.tmp.PID.RANDOM`, or `.NAME.tmp.PID` as written before the random part was added.
+    let pid = rest.split('.').next()?;
+    pid.parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+fn process_runs(pid: i32) -> bool {
+    // Signal 0 checks existence only; EPERM means it runs under another user.
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// A temporary file removed because its writer no longer runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleTemp {
+    pub path: PathBuf,
+    pub pid: i32,
+}
+
+impl std::fmt::Display for StaleTemp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "removed {}, left by writer pid {} which no longer runs (killed during a write?)",
+            self.path.display(),
+            self.pid
+        )
+    }
+}
+
+/// Remove the temporary files of `target` whose writer no longer runs. Best effort: a file that
+/// cannot be removed is left for the next writer.
+pub fn remove_stale_temps(target: &Path) -> Vec<StaleTemp> {
+    let (dir, file_name) = split_target(target);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| temp_writer(n, &file_name)) else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !process_runs(pid) && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(StaleTemp {
+                path: entry.path(),
+                pid,
+            });
+        }
+    }
+    removed
+}
+
+fn split_target(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, file_name)
+}
+
+/// Write `bytes` to `path` atomically (see the module documentation).
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    write_atomically_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomically`], with the content streamed by `fill`. Refuses a target that is a
+/// symbolic link.
+pub fn write_atomically_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), WriteError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(WriteError::Symlink {
+            path: path.to_path_buf(),
+        });
+    }
+    let (dir, file_name) = split_target(path);
+    remove_stale_temps(path);
+    let tmp = dir.join(temp_name(&file_name));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(WriteError::io(&tmp))?;
+    let result = (|| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut w).map_err(WriteError::io(&tmp))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| WriteError::io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(WriteError::io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(WriteError::io(path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(WriteError::io(&dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_are_unpredictable_and_carry_the_writer() {
+        let a = temp_name("snap.msr");
+        let b = temp_name("snap.msr");
+        assert_ne!(a, b);
+        assert_eq!(temp_writer(&a, "snap.msr"), Some(std::process::id() as i32));
+        assert_eq!(temp_writer(".snap.msr.tmp.12", "snap.msr"), Some(12));
+        assert_eq!(temp_writer(".other.tmp.12", "snap.msr"), None);
+        assert_eq!(temp_writer("snap.msr", "snap.msr"), None);
+    }
+
+    #[test]
+    fn a_dead_writers_temp_is_removed_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("snap.msr");
+        // A pid that cannot run: above the kernel's pid_max limit (4194304).
+        let dead = dir.path().join(".snap.msr.tmp.99999999.0123456789abcdef");
+        let live = dir
+            .path()
+            .join(format!(".snap.msr.tmp.{}.00", std::process::id()));
+        let other = dir.path().join(".other.tmp.99999999.00");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        write_atomically(&target, b"whole", 0o600).unwrap();
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        // Only the target and the two files that are not a dead writer's remain.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_planted_temp_name_does_not_stop_a_write_and_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        // The name the old scheme would have used.
+        std::fs::write(
+            dir.path().join(format!(".f.tmp.{}", std::process::id())),
+            b"x",
+        )
+        .unwrap();
+        write_atomically(&target, b"1", 0o600).unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            write_atomically(&link, b"2", 0o600),
+            Err(WriteError::Symlink { .. })
+        ));
+        assert_eq!(std::fs::read(&target).unwrap(), b"1");
+    }
 
     #[test]
     fn a_fifo_is_refused_without_waiting_for_a_writer() {

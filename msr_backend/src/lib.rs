@@ -13,14 +13,18 @@ pub mod config;
 pub mod device;
 pub mod emulate;
 pub mod error;
+pub mod finding;
 pub mod fsio;
 pub mod jobs;
-pub mod names;
+pub mod msrs;
 pub mod node;
+pub mod operations;
 pub mod plan;
 pub mod restore;
 pub mod savefile;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-doubles"))]
+pub mod testing;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::device::OpError;
-use crate::names::msr_name;
+use crate::msrs::msr_name;
 use crate::snapshot::Snapshot;
 use crate::types::{CpuId, Hex64, MsrAddr, WriteMask};
 
@@ -52,7 +52,7 @@ pub struct RestorePlan {
 }
 
 /// How a saved MSR's write mask compares with the allowlist in effect now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MaskChange {
     pub msr: MsrAddr,
     pub saved_mask: WriteMask,
@@ -160,43 +160,85 @@ fn paired<'a>(
         })
 }
 
+/// What a restore does with one register whose writable bits (under both allowlists) are `mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterAction {
+    /// The writable bits already hold the saved value (or none is writable).
+    Leave,
+    /// Write `new` = `mask.merge(current, saved)`.
+    Write { new: u64 },
+    /// Unreadable when the snapshot was taken: nothing to put back.
+    UnreadableAtSave(OpError),
+    /// Unreadable now: the restore cannot merge it.
+    UnreadableNow(OpError),
+}
+
+/// The decision for one register: the rule every restore path applies.
+pub fn plan_register(
+    mask: WriteMask,
+    saved: Result<u64, OpError>,
+    current: Result<u64, OpError>,
+) -> RegisterAction {
+    if !mask.is_writable() {
+        return RegisterAction::Leave;
+    }
+    let saved = match saved {
+        Ok(v) => v,
+        Err(e) => return RegisterAction::UnreadableAtSave(e),
+    };
+    let current = match current {
+        Ok(v) => v,
+        Err(e) => return RegisterAction::UnreadableNow(e),
+    };
+    let new = mask.merge(current, saved);
+    if new == current {
+        RegisterAction::Leave
+    } else {
+        RegisterAction::Write { new }
+    }
+}
+
+/// The compared bits that differ between a saved and a current value (0 if either is
+/// unreadable: that is reported apart, not as drift).
+pub fn drift_bits(
+    mask: WriteMask,
+    saved: Result<u64, OpError>,
+    current: Result<u64, OpError>,
+) -> u64 {
+    match (saved, current) {
+        (Ok(s), Ok(c)) => (s ^ c) & mask.0,
+        _ => 0,
+    }
+}
+
 /// What a restore must write so that every writable bit holds its saved value again.
 pub fn plan_restore(saved: &Snapshot, current: &Snapshot) -> RestorePlan {
     let mut plan = RestorePlan::default();
     for (cpu, ei, saved_mask, current_mask, saved_v, current_v) in paired(saved, current) {
         let mask = saved_mask.intersect(current_mask);
-        if !mask.is_writable() {
-            continue;
-        }
         let addr = current.entries()[ei].addr;
-        let saved_v = match saved_v {
-            Ok(v) => v,
-            Err(error) => {
-                plan.unplanned
-                    .push(Unplanned::UnreadableAtSave { cpu, addr, error });
-                continue;
+        match plan_register(mask, saved_v, current_v) {
+            RegisterAction::Leave => {
+                if mask.is_writable() {
+                    plan.unchanged += 1;
+                }
             }
-        };
-        let current_v = match current_v {
-            Ok(v) => v,
-            Err(error) => {
-                plan.unplanned
-                    .push(Unplanned::UnreadableNow { cpu, addr, error });
-                continue;
-            }
-        };
-        let new = mask.merge(current_v, saved_v);
-        if new == current_v {
-            plan.unchanged += 1;
-        } else {
-            plan.writes.push(PlannedWrite {
+            RegisterAction::Write { new } => plan.writes.push(PlannedWrite {
                 cpu,
                 addr,
                 mask,
-                current: current_v,
-                saved: saved_v,
+                // Both are readable when a write is planned.
+                current: current_v.unwrap_or_default(),
+                saved: saved_v.unwrap_or_default(),
                 new,
-            });
+            }),
+            RegisterAction::UnreadableAtSave(error) => plan
+                .unplanned
+                .push(Unplanned::UnreadableAtSave { cpu, addr, error }),
+            RegisterAction::UnreadableNow(error) => {
+                plan.unplanned
+                    .push(Unplanned::UnreadableNow { cpu, addr, error })
+            }
         }
     }
     plan
@@ -211,10 +253,10 @@ pub fn find_drift(saved: &Snapshot, current: &Snapshot, bits: DriftBits) -> Vec<
             DriftBits::Writable => saved_mask.intersect(current_mask),
             DriftBits::All => WriteMask::ALL,
         };
+        let changed = drift_bits(mask, saved_v, current_v);
         let (Ok(s), Ok(c)) = (saved_v, current_v) else {
             continue;
         };
-        let changed = (s ^ c) & mask.0;
         if changed != 0 {
             drift.push(Drift {
                 cpu,
@@ -238,14 +280,10 @@ mod tests {
     use super::*;
     use crate::allowlist::Allowlist;
 
-    use crate::device::double::allowlist_of as list;
+    use crate::testing::allowlist_of as list;
 
     fn snap(al: Arc<Allowlist>, cpus: &[u32], values: Vec<Result<u64, OpError>>) -> Snapshot {
-        Snapshot {
-            allowlist: al,
-            cpus: cpus.iter().map(|&c| CpuId(c)).collect(),
-            values,
-        }
+        Snapshot::from_outcomes(al, cpus.iter().map(|&c| CpuId(c)).collect(), values)
     }
 
     #[test]

@@ -1,73 +1,33 @@
-//! Restore and drift check: read the node now, let [`crate::plan`] decide, write, read back and
-//! verify. Every failure (a CPU gone offline, a register that cannot be read, written or
-//! verified) is collected into the report and the rest goes on.
+//! Restore and drift check: read the node now, let [`crate::plan`] decide for each register,
+//! write what differs, read back what was written and verify. Every failure (a CPU gone offline,
+//! a register that cannot be read, written or verified) becomes a [`Finding`] and the rest goes on.
+//!
+//! One read pass: the registers are read once, and that read tells both what to write and what
+//! the jobs had changed ([`MsrChange`], per MSR); only the registers written are read again, to
+//! verify them. The work goes in groups: one CPU at a time on a worker pinned to it for the
+//! per-CPU devices (all CPUs in parallel), as many CPUs as fill one ioctl for the batch device.
+//! Memory follows the snapshot, not the number of writes: per-register lists in a report are
+//! cut at [`LISTED`] entries (their counts stay complete) and everything else is kept per MSR.
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::allowlist::{Allowlist, AllowlistEntry};
-use crate::device::{self, MsrDevice, MsrOp, OpError};
-use crate::error::Result;
-use crate::names::msr_name;
-use crate::plan::{self, Drift, DriftBits, MaskChange, PlannedWrite, Unplanned};
+use crate::device::{self, DeviceError, MsrDevice, MsrOp, OpError, Parallelism, BATCH_CHUNK_OPS};
+use crate::finding::{Finding, Problem, Stage};
+use crate::msrs::msr_name;
+use crate::plan::{self, drift_bits, plan_register, DriftBits, MaskChange, RegisterAction};
 use crate::snapshot::Snapshot;
-use crate::types::{CpuId, Hex64, MsrAddr};
+use crate::types::{format_cpu_list, CpuId, Hex64, MsrAddr, WriteMask};
 
-/// Where in a restore or check a register failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// The CPU is no longer online.
-    Offline,
-    /// Reading the register's current value failed.
-    Read,
-    /// Writing the saved bits failed.
-    Write,
-    /// The register did not read back what was written.
-    Verify,
-}
-
-/// One register (or one whole CPU, for [`Stage::Offline`]) that failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RegisterFailure {
-    pub cpu: CpuId,
-    pub msr: Option<MsrAddr>,
-    pub name: Option<String>,
-    pub stage: Stage,
-    /// errno name or our refusal (`EIO`, `ENXIO`, `EPERM`, `OUTSIDE_MASK`, `MISMATCH`, ...).
-    pub code: String,
-    pub error: String,
-}
-
-impl RegisterFailure {
-    fn op(cpu: CpuId, addr: MsrAddr, name: Option<String>, stage: Stage, e: OpError) -> Self {
-        RegisterFailure {
-            cpu,
-            msr: Some(addr),
-            name,
-            stage,
-            code: e.code(),
-            error: e.to_string(),
-        }
-    }
-
-    fn offline(cpu: CpuId) -> Self {
-        RegisterFailure {
-            cpu,
-            msr: None,
-            name: None,
-            stage: Stage::Offline,
-            code: "OFFLINE".to_string(),
-            error: format!(
-                "CPU {cpu} is in the save file but not online now; its registers were skipped"
-            ),
-        }
-    }
-}
+/// How many registers a report lists one by one (findings, writes); the counts beside them are
+/// always complete.
+pub const LISTED: usize = 1000;
 
 /// A register a restore wrote (or, with dry run, would write).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct WriteRecord {
     pub cpu: CpuId,
     pub msr: MsrAddr,
@@ -77,7 +37,37 @@ pub struct WriteRecord {
     pub mask: Hex64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+/// One MSR whose compared bits differed from the snapshot on some CPUs: before a restore, what
+/// the jobs on the node changed; in a check, the drift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct MsrChange {
+    pub msr: MsrAddr,
+    pub name: Option<String>,
+    /// How many CPUs, and which (kernel list syntax).
+    pub cpus: usize,
+    pub cpu_list: String,
+    /// Every bit that differed on any of them.
+    pub bits: Hex64,
+}
+
+impl std::fmt::Display for MsrChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MSR {}", self.msr)?;
+        if let Some(n) = &self.name {
+            write!(f, " {n}")?;
+        }
+        write!(
+            f,
+            " on {} CPU{} ({}), bits {}",
+            self.cpus,
+            if self.cpus == 1 { "" } else { "s" },
+            self.cpu_list,
+            self.bits
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct RestoreReport {
     pub dry_run: bool,
     /// Registers written (or to be written, with dry run).
@@ -88,79 +78,104 @@ pub struct RestoreReport {
     pub verified: usize,
     /// Registers that could not be read when the snapshot was taken (nothing to restore).
     pub unreadable_at_save: usize,
-    pub failures: Vec<RegisterFailure>,
+    /// How many registers or CPUs were not restored or not verified; the first [`LISTED`] are
+    /// in `failures`.
+    pub failed: usize,
+    pub failures: Vec<Finding>,
     pub offline_cpus: Vec<CpuId>,
     /// CPUs online now that the save file does not cover (left alone).
     pub new_cpus: Vec<CpuId>,
     pub mask_changes: Vec<MaskChange>,
+    /// The first [`LISTED`] registers written.
     pub writes: Vec<WriteRecord>,
+    /// What differed from the snapshot before the restore, per MSR.
+    pub changed: Vec<MsrChange>,
 }
 
 impl RestoreReport {
     pub fn ok(&self) -> bool {
-        self.failures.is_empty()
+        self.failed == 0
+    }
+
+    /// The failures that leave a register known to differ from the snapshot (a write refused,
+    /// a read-back that does not hold): drift after the restore.
+    pub fn still_drifted(&self) -> impl Iterator<Item = &Finding> {
+        self.failures.iter().filter(|f| {
+            matches!(
+                f.problem,
+                Problem::Mismatch { .. }
+                    | Problem::Failed {
+                        stage: Stage::Write,
+                        ..
+                    }
+            )
+        })
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
     pub compared: usize,
     pub all_bits: bool,
-    pub drift: Vec<Drift>,
-    pub failures: Vec<RegisterFailure>,
+    /// How many registers drifted, on how many CPUs; the first [`LISTED`] are in `drift`.
+    pub drifted: usize,
+    pub drifted_cpus: usize,
+    pub drift: Vec<Finding>,
+    pub failed: usize,
+    pub failures: Vec<Finding>,
     pub offline_cpus: Vec<CpuId>,
     pub new_cpus: Vec<CpuId>,
     pub mask_changes: Vec<MaskChange>,
+    /// The drift per MSR.
+    pub changed: Vec<MsrChange>,
 }
 
 impl CheckReport {
     pub fn clean(&self) -> bool {
-        self.drift.is_empty() && self.failures.is_empty()
+        self.drifted == 0 && self.failed == 0
     }
 
     /// One line fit for a health checker's log or a drain reason.
     pub fn summary(&self) -> String {
-        if self.drift.is_empty() && self.failures.is_empty() {
+        if self.clean() {
             return format!(
                 "MSR check clean: {} registers match the snapshot",
                 self.compared
             );
         }
         let mut parts = Vec::new();
-        if !self.drift.is_empty() {
-            let mut cpus: Vec<CpuId> = self.drift.iter().map(|d| d.cpu).collect();
-            cpus.dedup();
-            let mut regs: Vec<String> = Vec::new();
-            for d in &self.drift {
-                let label = match &d.name {
-                    Some(n) => format!("{} {n}", d.msr),
-                    None => d.msr.to_string(),
-                };
-                if !regs.contains(&label) {
-                    regs.push(label);
-                }
-            }
-            const SHOWN: usize = 4;
-            let more = regs.len().saturating_sub(SHOWN);
-            regs.truncate(SHOWN);
-            let mut list = regs.join(", ");
-            if more > 0 {
-                list.push_str(&format!(" and {more} more"));
-            }
+        if self.drifted > 0 {
             parts.push(format!(
-                "MSR drift: {} registers on {} CPUs differ from the snapshot ({list})",
-                self.drift.len(),
-                cpus.len()
+                "MSR drift: {} registers on {} CPUs differ from the snapshot ({})",
+                self.drifted,
+                self.drifted_cpus,
+                name_msrs(&self.changed, 4)
             ));
         }
-        if !self.failures.is_empty() {
+        if self.failed > 0 {
             parts.push(format!(
                 "{} registers or CPUs could not be checked",
-                self.failures.len()
+                self.failed
             ));
         }
         parts.join("; ")
     }
+}
+
+/// `0x00000199 IA32_PERF_CTL, 0x00000610 ... and N more`.
+pub fn name_msrs(changes: &[MsrChange], shown: usize) -> String {
+    let mut list: Vec<String> = changes
+        .iter()
+        .take(shown)
+        .map(|c| match &c.name {
+            Some(n) => format!("{} {n}", c.msr),
+            None => c.msr.to_string(),
+        })
+        .collect();
+    if changes.len() > shown {
+        list.push(format!("and {} more", changes.len() - shown));
+    }
+    list.join(", ").replacen(", and", " and", 1)
 }
 
 /// The saved MSRs that the allowlist in effect now still lists, with today's masks: what a
@@ -193,24 +208,26 @@ fn comparable(
     )
 }
 
-/// Which saved CPUs are online (in save-file order), which are not, and which are new.
-fn split_cpus(saved: &Snapshot, online: &[CpuId]) -> (Vec<CpuId>, Vec<CpuId>, Vec<CpuId>) {
+/// Which saved CPUs are online (with their row in the snapshot), which are not, which are new.
+fn split_cpus(saved: &Snapshot, online: &[CpuId]) -> (Vec<(CpuId, usize)>, Vec<CpuId>, Vec<CpuId>) {
+    let is_online = |c: &CpuId| online.binary_search(c).is_ok();
     let present = saved
         .cpus
         .iter()
-        .copied()
-        .filter(|c| online.contains(c))
+        .enumerate()
+        .filter(|(_, c)| is_online(c))
+        .map(|(i, &c)| (c, i))
         .collect();
     let offline = saved
         .cpus
         .iter()
         .copied()
-        .filter(|c| !online.contains(c))
+        .filter(|c| !is_online(c))
         .collect();
     let new = online
         .iter()
         .copied()
-        .filter(|c| !saved.cpus.contains(c))
+        .filter(|c| saved.cpu_index(*c).is_none())
         .collect();
     (present, offline, new)
 }
@@ -222,144 +239,385 @@ fn name_of(entry: &AllowlistEntry) -> Option<String> {
         .or_else(|| msr_name(entry.addr).map(str::to_string))
 }
 
-fn read_failures(current: &Snapshot) -> Vec<RegisterFailure> {
-    let mut out = Vec::new();
-    for (ci, &cpu) in current.cpus.iter().enumerate() {
-        for (ei, e) in current.entries().iter().enumerate() {
-            if let Err(err) = current.value(ci, ei) {
-                out.push(RegisterFailure::op(
-                    cpu,
-                    e.addr,
-                    name_of(e),
-                    Stage::Read,
-                    err,
-                ));
-            }
-        }
-    }
-    out
+/// What to do with the registers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Restore { dry_run: bool },
+    Check { bits: DriftBits },
 }
 
-/// Put back the write-masked bits of `saved` on the CPUs of `online`.
+/// The registers an operation covers: the entries of `list` (current masks) on the present CPUs.
+struct Work<'a> {
+    saved: &'a Snapshot,
+    list: Arc<Allowlist>,
+    /// For each entry of `list`: its index in the saved allowlist.
+    saved_entry: Vec<usize>,
+    /// For each entry of `list`: the bits compared and restored.
+    masks: Vec<WriteMask>,
+    names: Vec<Option<String>>,
+    mode: Mode,
+}
+
+/// What one group of CPUs gave, merged as groups finish.
+#[derive(Default)]
+struct Tally {
+    compared: usize,
+    written: usize,
+    unchanged: usize,
+    verified: usize,
+    unreadable_at_save: usize,
+    failed: usize,
+    failures: Vec<Finding>,
+    drifted: usize,
+    drift: Vec<Finding>,
+    writes: Vec<WriteRecord>,
+    /// Per entry of the work list: the CPUs whose compared bits differed, and those bits.
+    changed: Vec<(u64, Vec<CpuId>)>,
+}
+
+fn push_listed<T>(list: &mut Vec<T>, item: T) {
+    if list.len() < LISTED {
+        list.push(item);
+    }
+}
+
+impl Tally {
+    fn new(entries: usize) -> Tally {
+        Tally {
+            changed: vec![(0, Vec::new()); entries],
+            ..Tally::default()
+        }
+    }
+
+    fn fail(&mut self, f: Finding) {
+        self.failed += 1;
+        push_listed(&mut self.failures, f);
+    }
+
+    fn merge(mut self, other: Tally) -> Tally {
+        self.compared += other.compared;
+        self.written += other.written;
+        self.unchanged += other.unchanged;
+        self.verified += other.verified;
+        self.unreadable_at_save += other.unreadable_at_save;
+        self.failed += other.failed;
+        self.drifted += other.drifted;
+        for f in other.failures {
+            push_listed(&mut self.failures, f);
+        }
+        for d in other.drift {
+            push_listed(&mut self.drift, d);
+        }
+        for w in other.writes {
+            push_listed(&mut self.writes, w);
+        }
+        if self.changed.is_empty() {
+            self.changed = other.changed;
+        } else {
+            for (mine, theirs) in self.changed.iter_mut().zip(other.changed) {
+                mine.0 |= theirs.0;
+                mine.1.extend(theirs.1);
+            }
+        }
+        self
+    }
+
+    /// The per-MSR changes, CPUs in order, and how many CPUs they touch in all.
+    fn changes(&mut self, work: &Work) -> (Vec<MsrChange>, usize) {
+        let mut out = Vec::new();
+        let mut all: Vec<CpuId> = Vec::new();
+        for (ei, (bits, cpus)) in self.changed.iter_mut().enumerate() {
+            if cpus.is_empty() {
+                continue;
+            }
+            cpus.sort_unstable();
+            all.extend_from_slice(cpus);
+            out.push(MsrChange {
+                msr: work.list.entries()[ei].addr,
+                name: work.names[ei].clone(),
+                cpus: cpus.len(),
+                cpu_list: format_cpu_list(cpus),
+                bits: Hex64(*bits),
+            });
+        }
+        all.sort_unstable();
+        all.dedup();
+        (out, all.len())
+    }
+}
+
+impl Work<'_> {
+    /// Read, decide, write and verify the registers of `group` (CPUs with their saved row).
+    fn run_group(
+        &self,
+        device: &dyn MsrDevice,
+        group: &[(CpuId, usize)],
+    ) -> Result<Tally, DeviceError> {
+        let n = self.list.len();
+        let entries = self.list.entries();
+        let mut tally = Tally::new(n);
+        let mut reads: Vec<MsrOp> = Vec::with_capacity(group.len() * n);
+        for &(cpu, _) in group {
+            reads.extend(entries.iter().map(|e| MsrOp::read(cpu, e.addr)));
+        }
+        run(device, &mut reads)?;
+        // Writes and what each one is for: (op index in `reads`, saved value).
+        let mut writes: Vec<MsrOp> = Vec::new();
+        let mut planned: Vec<(usize, u64)> = Vec::new();
+        for (gi, &(cpu, si)) in group.iter().enumerate() {
+            for ei in 0..n {
+                let op = &reads[gi * n + ei];
+                let current = op
+                    .result
+                    .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)));
+                let saved = self.saved.value(si, self.saved_entry[ei]);
+                let addr = entries[ei].addr;
+                let mask = self.masks[ei];
+                let name = || self.names[ei].clone();
+                let changed = drift_bits(mask, saved, current);
+                if changed != 0 {
+                    let slot = &mut tally.changed[ei];
+                    slot.0 |= changed;
+                    slot.1.push(cpu);
+                }
+                match self.mode {
+                    Mode::Check { .. } => {
+                        match (saved, current) {
+                            (Ok(s), Ok(c)) => {
+                                tally.compared += 1;
+                                if changed != 0 {
+                                    tally.drifted += 1;
+                                    push_listed(
+                                        &mut tally.drift,
+                                        Finding {
+                                            cpu,
+                                            msr: Some(addr),
+                                            name: name(),
+                                            problem: Problem::Drift {
+                                                expected: s,
+                                                actual: c,
+                                                bits: changed,
+                                            },
+                                        },
+                                    );
+                                }
+                            }
+                            // Unreadable now but readable at save time is a failure; one
+                            // unreadable both times (an MSR this CPU lacks) is not news.
+                            (Ok(_), Err(e)) => {
+                                tally.fail(Finding::failed(cpu, addr, name(), Stage::Read, e))
+                            }
+                            (Err(_), _) => {}
+                        }
+                    }
+                    Mode::Restore { dry_run } => match plan_register(mask, saved, current) {
+                        RegisterAction::Leave => tally.unchanged += 1,
+                        RegisterAction::UnreadableAtSave(_) => tally.unreadable_at_save += 1,
+                        RegisterAction::UnreadableNow(e) => {
+                            tally.fail(Finding::failed(cpu, addr, name(), Stage::Read, e))
+                        }
+                        RegisterAction::Write { new } => {
+                            let s = saved.unwrap_or_default();
+                            if dry_run {
+                                tally.written += 1;
+                                push_listed(
+                                    &mut tally.writes,
+                                    WriteRecord {
+                                        cpu,
+                                        msr: addr,
+                                        name: name(),
+                                        before: Hex64(current.unwrap_or_default()),
+                                        after: Hex64(new),
+                                        mask: Hex64(mask.0),
+                                    },
+                                );
+                            } else {
+                                writes.push(MsrOp::write(cpu, addr, new, mask));
+                                planned.push((gi * n + ei, s));
+                            }
+                        }
+                    },
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(tally);
+        }
+        run(device, &mut writes)?;
+        let mut verify: Vec<MsrOp> = Vec::with_capacity(writes.len());
+        let mut verify_of: Vec<usize> = Vec::with_capacity(writes.len());
+        for (wi, w) in writes.iter().enumerate() {
+            let ei = planned[wi].0 % n;
+            match w.result {
+                Some(Ok(_)) => {
+                    verify.push(MsrOp::read(w.cpu, w.addr));
+                    verify_of.push(wi);
+                }
+                other => {
+                    let e = other
+                        .and_then(Result::err)
+                        .unwrap_or(OpError::Errno(nix::errno::Errno::EIO));
+                    tally.fail(Finding::failed(
+                        w.cpu,
+                        w.addr,
+                        self.names[ei].clone(),
+                        Stage::Write,
+                        e,
+                    ));
+                }
+            }
+        }
+        tally.written += verify.len();
+        run(device, &mut verify)?;
+        for (v, &wi) in verify.iter().zip(&verify_of) {
+            let (ri, saved) = planned[wi];
+            let ei = ri % n;
+            let mask = self.masks[ei];
+            let wrote = match writes[wi].kind {
+                device::OpKind::Write { value, .. } => value,
+                device::OpKind::Read => 0,
+            };
+            let before = reads[ri].result.and_then(Result::ok).unwrap_or_default();
+            let name = self.names[ei].clone();
+            match v
+                .result
+                .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
+            {
+                Ok(read) if read & mask.0 == saved & mask.0 => {
+                    tally.verified += 1;
+                    push_listed(
+                        &mut tally.writes,
+                        WriteRecord {
+                            cpu: v.cpu,
+                            msr: v.addr,
+                            name,
+                            before: Hex64(before),
+                            after: Hex64(read),
+                            mask: Hex64(mask.0),
+                        },
+                    );
+                }
+                Ok(read) => tally.fail(Finding {
+                    cpu: v.cpu,
+                    msr: Some(v.addr),
+                    name,
+                    problem: Problem::Mismatch {
+                        wrote,
+                        read,
+                        bits: (read ^ saved) & mask.0,
+                    },
+                }),
+                Err(e) => tally.fail(Finding::failed(v.cpu, v.addr, name, Stage::Verify, e)),
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Every present CPU, in groups, merged.
+    fn run_all(
+        &self,
+        device: &dyn MsrDevice,
+        present: &[(CpuId, usize)],
+    ) -> Result<Tally, DeviceError> {
+        let n = self.list.len().max(1);
+        if device.parallelism() == Parallelism::Batched {
+            let per_group = (BATCH_CHUNK_OPS / n).max(1);
+            let mut tally = Tally::new(self.list.len());
+            for group in present.chunks(per_group) {
+                tally = tally.merge(self.run_group(device, group)?);
+            }
+            return Ok(tally);
+        }
+        present
+            .par_chunks(1)
+            .map(|group| self.run_group(device, group))
+            .try_fold(
+                || Tally::new(self.list.len()),
+                |acc, t| t.map(|t| acc.merge(t)),
+            )
+            .try_reduce(|| Tally::new(self.list.len()), |a, b| Ok(a.merge(b)))
+    }
+}
+
+/// Run ops of one group: pinned to their CPU on per-CPU kernel nodes, chunked on the batch device.
+fn run(device: &dyn MsrDevice, ops: &mut [MsrOp]) -> Result<(), DeviceError> {
+    match device.parallelism() {
+        Parallelism::Batched => device::execute(device, ops),
+        _ => {
+            for group in ops.chunk_by_mut(|a, b| a.cpu == b.cpu) {
+                device::run_on_cpu(device, group)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> Work<'a> {
+    let writable_only = !matches!(
+        mode,
+        Mode::Check {
+            bits: DriftBits::All
+        }
+    );
+    let list = comparable(saved, current_allowlist, writable_only);
+    let saved_entry: Vec<usize> = list
+        .entries()
+        .iter()
+        .map(|e| saved.allowlist.index_of(e.addr).unwrap_or(0))
+        .collect();
+    let masks = list
+        .entries()
+        .iter()
+        .zip(&saved_entry)
+        .map(|(e, &si)| match mode {
+            Mode::Check {
+                bits: DriftBits::All,
+            } => WriteMask::ALL,
+            _ => e.mask.intersect(saved.entries()[si].mask),
+        })
+        .collect();
+    let names = list.entries().iter().map(name_of).collect();
+    Work {
+        saved,
+        list,
+        saved_entry,
+        masks,
+        names,
+        mode,
+    }
+}
+
+/// Put back the write-masked bits of `saved` on the CPUs of `online` that it covers, verify them,
+/// and report what differed before (per MSR) and every register not restored.
 pub fn restore(
     device: &dyn MsrDevice,
     saved: &Snapshot,
     current_allowlist: &Allowlist,
     online: &[CpuId],
     dry_run: bool,
-) -> Result<RestoreReport> {
-    let (cpus, offline, new_cpus) = split_cpus(saved, online);
-    let list = comparable(saved, current_allowlist, true);
-    let current = Snapshot::take(device, list, &cpus)?;
-    let plan = plan::plan_restore(saved, &current);
-
-    let mut report = RestoreReport {
+) -> Result<RestoreReport, DeviceError> {
+    let (present, offline, new_cpus) = split_cpus(saved, online);
+    let w = work(saved, current_allowlist, Mode::Restore { dry_run });
+    let mut t = w.run_all(device, &present)?;
+    let (changed, _) = t.changes(&w);
+    let mut failures: Vec<Finding> = offline.iter().map(|&c| Finding::offline(c)).collect();
+    let failed = t.failed + failures.len();
+    failures.extend(t.failures);
+    failures.truncate(LISTED);
+    Ok(RestoreReport {
         dry_run,
-        unchanged: plan.unchanged,
-        failures: offline
-            .iter()
-            .map(|&c| RegisterFailure::offline(c))
-            .collect(),
+        written: t.written,
+        unchanged: t.unchanged,
+        verified: t.verified,
+        unreadable_at_save: t.unreadable_at_save,
+        failed,
+        failures,
         offline_cpus: offline,
         new_cpus,
         mask_changes: plan::mask_changes(saved, current_allowlist),
-        ..Default::default()
-    };
-    for u in &plan.unplanned {
-        match *u {
-            Unplanned::UnreadableAtSave { .. } => report.unreadable_at_save += 1,
-            Unplanned::UnreadableNow { cpu, addr, error } => {
-                let name = current.allowlist.get(addr).and_then(name_of);
-                report
-                    .failures
-                    .push(RegisterFailure::op(cpu, addr, name, Stage::Read, error));
-            }
-        }
-    }
-    let name = |w: &PlannedWrite| current.allowlist.get(w.addr).and_then(name_of);
-    if dry_run {
-        report.written = plan.writes.len();
-        report.writes = plan
-            .writes
-            .iter()
-            .map(|w| WriteRecord {
-                cpu: w.cpu,
-                msr: w.addr,
-                name: name(w),
-                before: Hex64(w.current),
-                after: Hex64(w.new),
-                mask: Hex64(w.mask.0),
-            })
-            .collect();
-        return Ok(report);
-    }
-
-    let mut ops: Vec<MsrOp> = plan
-        .writes
-        .iter()
-        .map(|w| MsrOp::write(w.cpu, w.addr, w.new, w.mask))
-        .collect();
-    device::execute(device, &mut ops)?;
-    let mut done: Vec<&PlannedWrite> = Vec::with_capacity(plan.writes.len());
-    for (w, op) in plan.writes.iter().zip(&ops) {
-        match op.result {
-            Some(Ok(_)) => done.push(w),
-            Some(Err(e)) => {
-                report
-                    .failures
-                    .push(RegisterFailure::op(w.cpu, w.addr, name(w), Stage::Write, e))
-            }
-            None => report.failures.push(RegisterFailure::op(
-                w.cpu,
-                w.addr,
-                name(w),
-                Stage::Write,
-                OpError::Errno(nix::errno::Errno::EIO),
-            )),
-        }
-    }
-    report.written = done.len();
-
-    // Read back every register written and check its writable bits.
-    let mut reads: Vec<MsrOp> = done.iter().map(|w| MsrOp::read(w.cpu, w.addr)).collect();
-    device::execute(device, &mut reads)?;
-    for (w, op) in done.iter().zip(&reads) {
-        match op.result {
-            Some(Ok(v)) if v & w.mask.0 == w.saved & w.mask.0 => {
-                report.verified += 1;
-                report.writes.push(WriteRecord {
-                    cpu: w.cpu,
-                    msr: w.addr,
-                    name: name(w),
-                    before: Hex64(w.current),
-                    after: Hex64(v),
-                    mask: Hex64(w.mask.0),
-                });
-            }
-            Some(Ok(v)) => report.failures.push(RegisterFailure {
-                cpu: w.cpu,
-                msr: Some(w.addr),
-                name: name(w),
-                stage: Stage::Verify,
-                code: "MISMATCH".to_string(),
-                error: format!(
-                    "reads back {} after writing {}: writable bits {} differ",
-                    Hex64(v),
-                    Hex64(w.new),
-                    Hex64((v ^ w.saved) & w.mask.0)
-                ),
-            }),
-            Some(Err(e)) => report.failures.push(RegisterFailure::op(
-                w.cpu,
-                w.addr,
-                name(w),
-                Stage::Verify,
-                e,
-            )),
-            None => {}
-        }
-    }
-    Ok(report)
+        writes: t.writes,
+        changed,
+    })
 }
 
 /// Compare the node now with `saved`.
@@ -369,33 +627,26 @@ pub fn check(
     current_allowlist: &Allowlist,
     online: &[CpuId],
     bits: DriftBits,
-) -> Result<CheckReport> {
-    let (cpus, offline, new_cpus) = split_cpus(saved, online);
-    let list = comparable(saved, current_allowlist, bits == DriftBits::Writable);
-    let current = Snapshot::take(device, list, &cpus)?;
-    let drift = plan::find_drift(saved, &current, bits);
-    let mut failures: Vec<RegisterFailure> = offline
-        .iter()
-        .map(|&c| RegisterFailure::offline(c))
-        .collect();
-    // A register unreadable now but readable at save time is a failure; one unreadable both
-    // times (an MSR this CPU lacks) is not news.
-    for f in read_failures(&current) {
-        let (Some(addr), Some(si)) = (f.msr, saved.cpu_index(f.cpu)) else {
-            continue;
-        };
-        let se = saved.allowlist.index_of(addr);
-        if se.is_some_and(|se| saved.value(si, se).is_ok()) {
-            failures.push(f);
-        }
-    }
+) -> Result<CheckReport, DeviceError> {
+    let (present, offline, new_cpus) = split_cpus(saved, online);
+    let w = work(saved, current_allowlist, Mode::Check { bits });
+    let mut t = w.run_all(device, &present)?;
+    let (changed, drifted_cpus) = t.changes(&w);
+    let mut failures: Vec<Finding> = offline.iter().map(|&c| Finding::offline(c)).collect();
+    let failed = t.failed + failures.len();
+    failures.extend(t.failures);
+    failures.truncate(LISTED);
     Ok(CheckReport {
-        compared: current.values.iter().filter(|v| v.is_ok()).count(),
+        compared: t.compared,
         all_bits: bits == DriftBits::All,
-        drift,
+        drifted: t.drifted,
+        drifted_cpus,
+        drift: t.drift,
+        failed,
         failures,
         offline_cpus: offline,
         new_cpus,
         mask_changes: plan::mask_changes(saved, current_allowlist),
+        changed,
     })
 }

@@ -1,11 +1,14 @@
-//! Newtypes for the three things every other module talks about: MSR addresses, CPU ids and
-//! write masks. All of them print and serialise in hex (CPU ids in decimal, as the kernel names
-//! them), so that a value read in a log, a save file or a `--json` report looks the same.
+//! The value types every other module talks about, with no I/O: MSR addresses, CPU ids and
+//! write masks (printed and serialised in hex, CPU ids in decimal as the kernel names them, so
+//! that a value in a log, a save file or a `--json` report looks the same), CPU lists in the
+//! kernel's syntax, the CPU model a node reports, and the backend an admin asks for.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::device::BackendKind;
 
 /// An MSR address as the devices take it (the per-CPU nodes truncate the offset to 32 bits and
 /// the batch op carries a `__u32`).
@@ -13,7 +16,19 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 pub struct MsrAddr(pub u32);
 
 /// A logical CPU, as numbered in `/sys/devices/system/cpu` and `/dev/cpu/N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct CpuId(pub u32);
 
@@ -120,6 +135,171 @@ impl FromStr for CpuId {
     }
 }
 
+/// Lower-case hex of `bytes` (digests).
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The most CPUs a CPU list may name: x86-64's largest `CONFIG_NR_CPUS` (MAXSMP). A list naming
+/// more is not the kernel's, and is refused before anything is allocated for it.
+pub const MAX_CPUS: u32 = 8192;
+
+/// Why a CPU list is not the kernel's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    #[error("empty CPU list")]
+    Empty,
+    #[error("{part:?} in CPU list {list:?} is not a CPU number or range")]
+    NotANumber { part: String, list: String },
+    #[error("range {part:?} in CPU list {list:?} runs backwards")]
+    Backwards { part: String, list: String },
+    #[error("CPU list {list:?} names CPU {cpu}; the kernel has at most {MAX_CPUS} (CPU numbers below {MAX_CPUS})")]
+    TooLarge { cpu: u32, list: String },
+}
+
+/// Parse the kernel's CPU list syntax (`0-3,8,10-11`): sorted, without duplicates, every CPU
+/// below [`MAX_CPUS`].
+pub fn parse_cpu_list(text: &str) -> Result<Vec<CpuId>, CpuListError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(CpuListError::Empty);
+    }
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let num = |s: &str| {
+            let n = s
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| CpuListError::NotANumber {
+                    part: part.to_string(),
+                    list: text.to_string(),
+                })?;
+            if n >= MAX_CPUS {
+                return Err(CpuListError::TooLarge {
+                    cpu: n,
+                    list: text.to_string(),
+                });
+            }
+            Ok(n)
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(CpuListError::Backwards {
+                        part: part.to_string(),
+                        list: text.to_string(),
+                    });
+                }
+                cpus.extend((a..=b).map(CpuId));
+            }
+            None => cpus.push(CpuId(num(part)?)),
+        }
+        // Overlapping ranges cannot make the list longer than MAX_CPUS distinct CPUs for long.
+        if cpus.len() > 2 * MAX_CPUS as usize {
+            cpus.sort_unstable();
+            cpus.dedup();
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Format CPUs in the kernel's list syntax (inverse of [`parse_cpu_list`]).
+pub fn format_cpu_list(cpus: &[CpuId]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i].0;
+        let mut end = start;
+        while i + 1 < cpus.len() && cpus[i + 1].0 == end + 1 {
+            end += 1;
+            i += 1;
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// The CPU model a node reports, as msr-safe's allowlist file names use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CpuIdentity {
+    pub vendor: String,
+    pub family: u32,
+    pub model: u32,
+}
+
+impl fmt::Display for CpuIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} family {:#04x} model {:#04x}",
+            self.vendor, self.family, self.model
+        )
+    }
+}
+
+/// The backend an admin asks for: one type for the command line, the configuration file, the
+/// SPANK plugin's arguments and the PBS hook's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The first that works: batch, then safe, then msr.
+    #[default]
+    Auto,
+    /// Exactly this one.
+    Only(BackendKind),
+}
+
+impl BackendChoice {
+    /// Every spelling accepted, for messages and `--help`.
+    pub const NAMES: [&'static str; 4] = ["auto", "batch", "safe", "msr"];
+
+    pub fn kind(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Only(k) => Some(k),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendChoice::Auto => f.write_str("auto"),
+            BackendChoice::Only(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "batch" => Ok(BackendChoice::Only(BackendKind::Batch)),
+            "safe" => Ok(BackendChoice::Only(BackendKind::Safe)),
+            "msr" => Ok(BackendChoice::Only(BackendKind::Msr)),
+            other => Err(format!(
+                "backend {other:?} is not one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 macro_rules! hex_serde {
     ($t:ty) => {
         impl Serialize for $t {
@@ -138,6 +318,58 @@ macro_rules! hex_serde {
 hex_serde!(MsrAddr);
 hex_serde!(WriteMask);
 hex_serde!(Hex64);
+
+macro_rules! string_schema {
+    ($t:ty, $name:literal, $desc:literal, $pattern:literal) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "description": $desc, "pattern": $pattern})
+            }
+        }
+    };
+}
+string_schema!(
+    MsrAddr,
+    "MsrAddr",
+    "an MSR address: 0x and 8 hex digits",
+    "^0x[0-9a-f]{8}$"
+);
+string_schema!(
+    WriteMask,
+    "WriteMask",
+    "a write mask: 0x and 16 hex digits",
+    "^0x[0-9a-f]{16}$"
+);
+string_schema!(
+    Hex64,
+    "Hex64",
+    "a 64-bit value: 0x and 16 hex digits",
+    "^0x[0-9a-f]{16}$"
+);
+
+impl schemars::JsonSchema for BackendChoice {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BackendChoice".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": BackendChoice::NAMES})
+    }
+}
+
+impl Serialize for BackendChoice {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -162,6 +394,46 @@ mod tests {
             serde_json::from_str::<MsrAddr>(&j).unwrap(),
             MsrAddr(0xC0000103)
         );
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        let c = parse_cpu_list("0-3,8,10-11\n").unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(format_cpu_list(&c), "0-3,8,10-11");
+        assert_eq!(parse_cpu_list(""), Err(CpuListError::Empty));
+        assert!(matches!(
+            parse_cpu_list("3-1"),
+            Err(CpuListError::Backwards { .. })
+        ));
+        assert!(matches!(
+            parse_cpu_list("0-x"),
+            Err(CpuListError::NotANumber { .. })
+        ));
+    }
+
+    #[test]
+    fn cpu_lists_beyond_the_kernels_limit_are_refused_before_allocating() {
+        for list in ["0-1000000000", "0-4294967295", "8192", "0,5-99999999999"] {
+            assert!(parse_cpu_list(list).is_err(), "{list}");
+        }
+        assert_eq!(parse_cpu_list("0-8191").unwrap().len(), 8192);
+        // Overlapping ranges are fine (and do not grow without bound).
+        let many = vec!["0-8191"; 100].join(",");
+        assert_eq!(parse_cpu_list(&many).unwrap().len(), 8192);
+    }
+
+    #[test]
+    fn backend_choice_has_one_spelling_everywhere() {
+        for name in BackendChoice::NAMES {
+            let c: BackendChoice = name.parse().unwrap();
+            assert_eq!(c.to_string(), name);
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{name}\""));
+        }
+        assert!("msr_safe".parse::<BackendChoice>().is_err());
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use msr_backend::allowlist::Allowlist;
 use msr_backend::device::batch::{msr_batch_op, BatchDevice, BatchIoctl, MAX_PRECHECK_ROUNDS};
-use msr_backend::device::double::KernelBatch;
 use msr_backend::device::{
     execute, BackendKind, DeviceError, MsrDevice, MsrOp, OpError, Parallelism, BATCH_CHUNK_OPS,
 };
 use msr_backend::snapshot::Snapshot;
+use msr_backend::testing::KernelBatch;
 use msr_backend::{CpuId, MsrAddr, WriteMask};
 use nix::errno::Errno;
 use proptest::prelude::*;
@@ -190,7 +190,7 @@ fn precheck_then_run_phase_errors_in_one_call() {
     let dev = BatchDevice::new(k.clone(), list.clone());
     let snap = Snapshot::take(&dev, list, &all_cpus(2)).unwrap();
     assert_eq!(
-        snap.values,
+        snap.outcomes(),
         vec![
             errno(Errno::ENXIO),
             errno(Errno::ENXIO),

@@ -3,7 +3,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use msr_backend::types::BackendChoice;
+
+use crate::output::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,9 +34,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Device backend [default: auto, or `backend` in the configuration file]
-    #[arg(long, global = true, value_enum)]
-    pub backend: Option<BackendArg>,
+    /// Device backend: auto (batch, else safe, else msr), batch, safe or msr [default: auto, or
+    /// `backend` in the configuration file]
+    #[arg(long, global = true, value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: Option<BackendChoice>,
 
     /// Use this allowlist instead of the one loaded in msr-safe
     #[arg(long, global = true, value_name = "FILE")]
@@ -48,21 +52,32 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Print one JSON object on stdout instead of the readable report
+    /// Override a configuration key (repeatable), as the file would set it: `--set on_drift=log`
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
+
+    /// Output: text, json (one JSON object) or shell (one line of key='value' pairs to eval)
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// The same as --format json
     #[arg(long, global = true)]
     pub json: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendArg {
-    /// The best available: batch, then safe, then msr
-    Auto,
-    /// msr-safe's batch ioctl (/dev/cpu/msr_batch)
-    Batch,
-    /// msr-safe's per-CPU nodes (/dev/cpu/N/msr_safe)
-    Safe,
-    /// The stock driver (/dev/cpu/N/msr); msrsave enforces the allowlist itself
-    Msr,
+impl GlobalArgs {
+    /// The output format asked for.
+    pub fn output(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    s.parse()
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +151,9 @@ pub enum Command {
     /// PBS hooks use this)
     #[command(subcommand)]
     Job(JobCommand),
+    /// The configuration in effect (file, $MSR_RESTORE_CONFIG, --set): for scripts and admins
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run the whole cycle on a temporary emulated node and print what happened
     Demo {
         /// CPUs of the emulated node
@@ -147,32 +165,56 @@ pub enum Command {
     },
 }
 
+/// The state directory and lock wait of the job commands, over the configuration's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct JobArgs {
+    /// Seconds to wait for the node lock held by another job's begin or end [default:
+    /// lock_timeout in the configuration, 60]
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    /// State directory [default: state_dir in the configuration, /run/msr-restore]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The jobs the scheduler runs on this node now (comma-separated ids, as the jobs were
+    /// registered), asked of the scheduler on the node: registered jobs not among them are ended
+    /// first, so that the last real job restores the node
+    #[arg(long, value_name = "IDS", num_args = 0..=1, default_missing_value = "")]
+    pub running_jobs: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Record a job; the first job on an idle node takes the node snapshot. Idempotent.
     Begin {
         job_id: String,
-        /// Seconds to wait for the node lock held by another job's begin or end [default: 60]
-        #[arg(long, value_name = "SECS")]
-        lock_timeout: Option<u64>,
-        /// State directory [default: state_dir in the configuration, /run/msr-restore]
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        args: JobArgs,
     },
-    /// Forget a job; the last one restores the snapshot, verifies, checks and clears the state.
+    /// Forget a job; the last one restores the snapshot, verifies it and clears the state.
     End {
         job_id: String,
-        /// Seconds to wait for the node lock held by another job's begin or end [default: 60]
-        #[arg(long, value_name = "SECS")]
-        lock_timeout: Option<u64>,
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        args: JobArgs,
     },
     /// Which jobs hold the node, and whether a snapshot is kept
     Status {
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        args: JobArgs,
     },
+    /// End the registered jobs the scheduler no longer runs here (--running-jobs), and restore
+    /// the node if they were the last
+    Reconcile {
+        #[command(flatten)]
+        args: JobArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Every key and its value in effect
+    Show,
+    /// One key's value, alone on a line (empty if unset)
+    Get { key: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,75 +1,74 @@
-//! msrsave: the admin's command line over msr_backend. Each subcommand lives in
-//! [`commands`]; every one returns an [`commands::Outcome`] that is printed readably or as JSON.
+//! msrsave: the admin's command line over msr_backend. Each subcommand lives in [`commands`] and
+//! returns a typed report ([`output::Report`]) printed as text, JSON or a shell line.
 
 pub mod cli;
 pub mod commands;
+pub mod output;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit status: done and clean.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: drift found, or some registers not restored or verified.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit status: usage or input error; nothing was done.
-pub const EXIT_USAGE: u8 = 2;
+use crate::output::{ExitStatus, Format, Outcome};
 
 /// Parse `args` and run the command; prints the report and returns the exit status.
 pub fn run(args: Vec<OsString>) -> ExitCode {
     let args = cli::rewrite_llnl_forms(args);
-    let wants_json = args.iter().any(|a| a == "--json");
-    let cli = match cli::Cli::try_parse_from(args) {
+    let cli = match cli::Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-            // With --json, a usage error is a JSON object too, so that tools get one shape.
-            if code == EXIT_USAGE && wants_json {
-                let text = e.render().to_string();
-                let message = text.split("\n\nUsage:").next().unwrap_or("usage error");
-                let first = message.split_whitespace().collect::<Vec<_>>().join(" ");
-                let first = first
-                    .trim_start_matches("error: ")
-                    .trim_end_matches(" For more information, try '--help'.");
-                println!(
-                    "{}",
-                    serde_json::json!({"command": null, "ok": false, "error": first})
-                );
-                eprint!("{text}");
-            } else {
-                let _ = e.print();
-            }
-            return ExitCode::from(code);
-        }
+        Err(e) => return usage_error(&args, e),
     };
-    let json = cli.global.json;
+    let format = cli.global.output();
     let name = commands::name(&cli.command);
-    match commands::dispatch(&cli) {
-        Ok(outcome) => {
-            outcome.print(json);
-            ExitCode::from(outcome.code)
-        }
-        Err(e) => {
-            let e = error_text(&e);
-            if json {
-                let v = serde_json::json!({"command": name, "ok": false, "error": e});
-                println!("{v}");
-            } else {
-                eprintln!("msrsave {name}: error: {e}");
-            }
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    let outcome = match commands::dispatch(&cli) {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::error(Some(&name), error_text(&e), ExitStatus::Usage),
+    };
+    outcome.print(format);
+    ExitCode::from(outcome.status.code())
 }
 
-/// The error and its causes on one line, each cause once: the library's messages already
-/// include their source's text, so a cause that the previous message contains is skipped.
+/// A usage error clap found. With `--json` (or `--format json|shell`), it is an object (a line)
+/// too, so that tools get one shape; `--help` and `--version` are not errors.
+fn usage_error(args: &[OsString], e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let wants = |f: &str| {
+        args.windows(2).any(|w| w[0] == "--format" && w[1] == f)
+            || args.iter().any(|a| a == &*format!("--format={f}"))
+    };
+    let format = if args.iter().any(|a| a == "--json") || wants("json") {
+        Format::Json
+    } else if wants("shell") {
+        Format::Shell
+    } else {
+        Format::Text
+    };
+    if format == Format::Text {
+        let _ = e.print();
+    } else {
+        let text = e.render().to_string();
+        let message = text.split("\n\nUsage:").next().unwrap_or("usage error");
+        let first = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let first = first
+            .trim_start_matches("error: ")
+            .trim_end_matches(" For more information, try '--help'.");
+        Outcome::error(None, first.to_string(), ExitStatus::Usage).print(format);
+        eprint!("{text}");
+    }
+    ExitCode::from(ExitStatus::Usage.code())
+}
+
+/// The error and its causes on one line, each cause once.
 fn error_text(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
+        // A transparent wrapper repeats its inner message.
+        if out.ends_with(&text) {
             continue;
         }
         if !out.is_empty() {

@@ -258,35 +258,60 @@ fn files_of(n: &Node, cpus: u32) -> Vec<Vec<u64>> {
 
 #[test]
 fn bad_save_files_are_refused_and_nothing_is_written() {
+    use msr_backend::savefile::{json::document_text, SaveFile};
     let n = node(2);
-    let snap = n.path("snap.json");
+    let snap = n.path("snap.msr");
     assert!(n.run(&["save", &snap]).status.success());
     n.poke(0, 0x199, 0x1234);
     let before = files_of(&n, 2);
-    let text = std::fs::read_to_string(&snap).unwrap();
-    let cases: Vec<(&str, String)> = vec![
-        ("truncated", text[..text.len() / 2].to_string()),
-        ("corrupted", text.replacen("\"0x", "\"0x1", 1)),
-        ("edited", {
-            let i = text.find("\"values\"").unwrap();
-            let j = text[i..].find("\"0x").unwrap() + i + 3;
-            let mut t = text.clone();
-            let c = if &t[j..j + 1] == "f" { "e" } else { "f" };
-            t.replace_range(j..j + 1, c);
-            t
+    let bytes = std::fs::read(&snap).unwrap();
+    let file = SaveFile::from_bytes(&bytes, Path::new(&snap)).unwrap();
+    let mut foreign = file.clone();
+    foreign.meta.host = format!("elsewhere-{}", foreign.meta.host);
+    let mut other_model = file.clone();
+    other_model.meta.cpu.model = 0x6A;
+    // The version-1 JSON that earlier versions wrote is still read: its forgeries too.
+    let v1 = document_text(&file);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("corrupted", {
+            let mut b = bytes.clone();
+            let i = b.len() - 40;
+            b[i] ^= 0x10;
+            b
         }),
+        ("newer", {
+            let mut b = bytes.clone();
+            b[8] = 9;
+            b
+        }),
+        ("foreign host", foreign.to_bytes()),
+        ("other CPU model", other_model.to_bytes()),
+        ("empty", Vec::new()),
+        ("v1 truncated", v1.as_bytes()[..v1.len() / 2].to_vec()),
         (
-            "newer",
-            text.replacen("\"version\": 1", "\"version\": 9", 1),
+            "v1 edited",
+            v1.replacen(
+                "\"values\": [\n    [\n      \"0x",
+                "\"values\": [\n    [\n      \"0x1",
+                1,
+            )
+            .into_bytes(),
         ),
         (
-            "foreign host",
-            text.replacen("\"host\": \"", "\"host\": \"elsewhere-", 1),
+            "v1 newer",
+            v1.replacen("\"version\": 1", "\"version\": 9", 1)
+                .into_bytes(),
         ),
-        ("empty", String::new()),
+        (
+            "v1 extra key",
+            v1.replacen("{\n", "{\n  \"planted\": 1,\n", 1).into_bytes(),
+        ),
+        ("llnl-sized wrong", vec![0u8; 24]),
+        ("not a save file", b"hello world\n".to_vec()),
     ];
     for (what, content) in cases {
-        let p = n.path(&format!("{}.json", what.replace(' ', "_")));
+        let p = n.path(&format!("{}.msr", what.replace(' ', "_")));
         std::fs::write(&p, content).unwrap();
         let o = n.run(&["--json", "restore", &p]);
         assert_eq!(
@@ -303,6 +328,25 @@ fn bad_save_files_are_refused_and_nothing_is_written() {
         );
         assert_eq!(files_of(&n, 2), before, "{what}: a register changed");
     }
+    // A FIFO or a device is refused at once, never waited on or read without end.
+    let fifo = n.path("fifo.msr");
+    nix::unistd::mkfifo(
+        Path::new(&fifo),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    for p in [fifo.as_str(), "/dev/zero", "/dev/urandom"] {
+        for cmd in ["restore", "check", "show"] {
+            let o = n.run(&["--json", cmd, p]);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {p}");
+            let e = json_of(&o)["error"].as_str().unwrap().to_string();
+            assert!(
+                e.contains(p) && e.contains("not a regular file"),
+                "{cmd} {p}: {e}"
+            );
+        }
+    }
+    assert_eq!(files_of(&n, 2), before);
 }
 
 #[test]

@@ -10,15 +10,12 @@
 //! argument, so a typo shows in slurmd's log instead of silently falling back to a default.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use msr_backend::config::{parse_backend, Config as NodeConfig, OnDrift};
-use msr_backend::jobs::{JobsConfig, DEFAULT_LOCK_TIMEOUT};
+use msr_backend::config::{absolute_path, yes_no, Config as NodeConfig, OnDrift, OptionParser};
+use msr_backend::jobs::StateDir;
 
-const MAX_LOCK_TIMEOUT_S: u64 = 3600;
-
-/// The keys the plugin takes, for messages.
+/// The keys the plugin takes: the shared ones a plugin has a use for, then its own.
 pub const KEYS: [&str; 10] = [
     "config",
     "state_dir",
@@ -35,17 +32,15 @@ pub const KEYS: [&str; 10] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The keys shared with msrsave and the PBS hook: backend, allowlist, allowlist_dir,
-    /// state_dir, root, on_drift.
+    /// state_dir, root, on_drift, lock_timeout.
     pub node: NodeConfig,
     /// `config=`: the configuration file read before the arguments, if not the default.
     pub config_file: Option<PathBuf>,
-    /// `lock_timeout=`: seconds a prolog or epilog waits for the node-wide lock.
-    pub lock_timeout: Duration,
     /// `drain=`: on a failure, also drain the node through scontrol with a reason naming the
     /// cause and the registers (SLURM's own reason is only "Prolog error" / "Epilog error", and
     /// only with `required`).
     pub drain: bool,
-    /// `scontrol=`: the scontrol used for `drain=yes`.
+    /// `scontrol=`: the scontrol used for `drain=yes` and to ask slurmd which jobs run here.
     pub scontrol: PathBuf,
 }
 
@@ -54,16 +49,15 @@ impl Config {
         Config {
             node,
             config_file: None,
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             drain: true,
             scontrol: PathBuf::from("scontrol"),
         }
     }
 
-    pub fn jobs(&self) -> JobsConfig {
-        JobsConfig {
-            state_dir: self.node.state_dir.clone(),
-            lock_timeout: self.lock_timeout,
+    pub fn state_dir(&self) -> StateDir {
+        StateDir {
+            path: self.node.state_dir.clone(),
+            lock_timeout: self.node.lock_timeout,
         }
     }
 
@@ -78,7 +72,7 @@ pub enum ConfigError {
     /// A plugstack.conf argument.
     Arg { arg: String, problem: String },
     /// The configuration file (the message names the file and line).
-    File(msr_backend::Error),
+    File(msr_backend::config::ConfigError),
 }
 
 impl fmt::Display for ConfigError {
@@ -89,50 +83,14 @@ impl fmt::Display for ConfigError {
                 "bad argument '{arg}' in plugstack.conf: {problem} (arguments: {}=)",
                 KEYS.join("=, ")
             ),
-            ConfigError::File(e) => write!(f, "configuration file: {e}"),
+            ConfigError::File(e) => {
+                write!(f, "configuration file: {}", msr_backend::error::chain(e))
+            }
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
-
-fn absolute_path(value: &str) -> Result<PathBuf, String> {
-    if value.is_empty() {
-        return Err("empty path".to_string());
-    }
-    let p = Path::new(value);
-    if !p.is_absolute() {
-        return Err("the path must be absolute".to_string());
-    }
-    if p.components().any(|c| c == Component::ParentDir) {
-        return Err("the path must not contain '..'".to_string());
-    }
-    Ok(p.to_path_buf())
-}
-
-fn yes_no(value: &str) -> Result<bool, String> {
-    match value {
-        "yes" | "true" | "1" | "on" => Ok(true),
-        "no" | "false" | "0" | "off" => Ok(false),
-        _ => Err("expected yes or no".to_string()),
-    }
-}
-
-fn split(raw: &str) -> Result<(&'static str, &str), ConfigError> {
-    let err = |problem: String| ConfigError::Arg {
-        arg: raw.to_string(),
-        problem,
-    };
-    let (key, value) = raw
-        .split_once('=')
-        .ok_or_else(|| err("expected key=value".to_string()))?;
-    let key = KEYS
-        .iter()
-        .copied()
-        .find(|k| *k == key)
-        .ok_or_else(|| err(format!("unknown key '{key}'")))?;
-    Ok((key, value))
-}
 
 impl Config {
     /// Read the configuration file (`config=`, else `$MSR_RESTORE_CONFIG`, else
@@ -140,9 +98,8 @@ impl Config {
     pub fn load<S: AsRef<str>>(args: &[S]) -> Result<Config, ConfigError> {
         let mut file = None;
         for raw in args {
-            let (key, value) = split(raw.as_ref())?;
-            if key == "config" {
-                file = Some(absolute_path(value).map_err(|problem| ConfigError::Arg {
+            if let Some(v) = raw.as_ref().strip_prefix("config=") {
+                file = Some(absolute_path(v).map_err(|problem| ConfigError::Arg {
                     arg: raw.as_ref().to_string(),
                     problem,
                 })?);
@@ -158,50 +115,30 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Apply the arguments over `node` (no file is read).
+    /// Apply the arguments over `node` (no file is read), with the one parser of every
+    /// key=value surface.
     pub fn parse_over<S: AsRef<str>>(node: NodeConfig, args: &[S]) -> Result<Config, ConfigError> {
         let mut cfg = Config::over(node);
-        let mut seen: Vec<&'static str> = Vec::new();
+        let mut parser = OptionParser::new(KEYS);
         for raw in args {
             let raw = raw.as_ref();
             let err = |problem: String| ConfigError::Arg {
                 arg: raw.to_string(),
                 problem,
             };
-            let (key, value) = split(raw)?;
-            if seen.contains(&key) {
-                return Err(err(format!("'{key}' given twice")));
-            }
-            seen.push(key);
+            let (key, value) = parser.split(raw).map_err(|p| err(p.to_string()))?;
             match key {
                 "config" => {} // read by load()
-                "state_dir" | "allowlist" | "root" => {
-                    absolute_path(value).map_err(err)?;
-                    cfg.node.set(key, value).map_err(err)?;
-                }
-                "allowlist_dir" => {
-                    for dir in value.split(':') {
-                        absolute_path(dir).map_err(err)?;
-                    }
-                    cfg.node.set(key, value).map_err(err)?;
-                }
-                "backend" => {
-                    parse_backend(value).map_err(err)?;
-                    cfg.node.set(key, value).map_err(err)?;
-                }
-                "on_drift" => cfg.node.set(key, value).map_err(err)?,
-                "scontrol" => cfg.scontrol = absolute_path(value).map_err(err)?,
-                "lock_timeout" => {
-                    let s: u64 = value
-                        .parse()
-                        .map_err(|_| err("expected a number of seconds".to_string()))?;
-                    if s == 0 || s > MAX_LOCK_TIMEOUT_S {
-                        return Err(err(format!("expected 1 to {MAX_LOCK_TIMEOUT_S} seconds")));
-                    }
-                    cfg.lock_timeout = Duration::from_secs(s);
-                }
                 "drain" => cfg.drain = yes_no(value).map_err(err)?,
-                _ => return Err(err(format!("unknown key '{key}'"))),
+                "scontrol" => cfg.scontrol = absolute_path(value).map_err(err)?,
+                // Paths in plugstack.conf must be given: an empty value is a typo here.
+                "state_dir" | "allowlist" | "root" if value.is_empty() => {
+                    return Err(err("empty path".to_string()))
+                }
+                shared => cfg
+                    .node
+                    .set(shared, value)
+                    .map_err(|p| err(p.to_string()))?,
             }
         }
         Ok(cfg)
@@ -212,6 +149,8 @@ impl Config {
 mod tests {
     use super::*;
     use msr_backend::device::BackendKind;
+    use msr_backend::types::BackendChoice;
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         Config::parse_over(NodeConfig::default(), args)
@@ -223,7 +162,7 @@ mod tests {
         assert_eq!(cfg.node, NodeConfig::default());
         assert_eq!(cfg.node.state_dir, PathBuf::from("/run/msr-restore"));
         assert_eq!(cfg.on_drift(), OnDrift::Drain);
-        assert_eq!(cfg.lock_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.state_dir().lock_timeout, Duration::from_secs(60));
         assert!(cfg.drain);
     }
 
@@ -241,14 +180,14 @@ mod tests {
             "scontrol=/usr/bin/scontrol",
         ])
         .expect("valid");
-        assert_eq!(cfg.jobs().state_dir, PathBuf::from("/var/run/x"));
-        assert_eq!(cfg.jobs().lock_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.state_dir().path, PathBuf::from("/var/run/x"));
+        assert_eq!(cfg.state_dir().lock_timeout, Duration::from_secs(5));
         assert_eq!(cfg.node.allowlist, Some(PathBuf::from("/etc/msr/al")));
         assert_eq!(
             cfg.node.allowlist_dirs,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
-        assert_eq!(cfg.node.backend, Some(BackendKind::Safe));
+        assert_eq!(cfg.node.backend, BackendChoice::Only(BackendKind::Safe));
         assert_eq!(cfg.node.root, Some(PathBuf::from("/tmp/node")));
         assert_eq!(cfg.on_drift(), OnDrift::Log);
         assert!(!cfg.drain);
@@ -257,9 +196,10 @@ mod tests {
 
     #[test]
     fn arguments_override_the_file() {
-        let file = NodeConfig::parse("backend = msr\non_drift = log\n", "f").expect("file");
+        let file = NodeConfig::parse("backend = msr\non_drift = log\n", std::path::Path::new("f"))
+            .expect("file");
         let cfg = Config::parse_over(file, &["on_drift=drain"]).expect("valid");
-        assert_eq!(cfg.node.backend, Some(BackendKind::Msr));
+        assert_eq!(cfg.node.backend, BackendChoice::Only(BackendKind::Msr));
         assert_eq!(cfg.on_drift(), OnDrift::Drain);
     }
 

@@ -4,7 +4,8 @@ use std::error::Error;
 use std::process::Command;
 
 use msr_backend::config::OnDrift;
-use msr_backend::jobs::{self, DeviceRegisters, EndOutcome};
+use msr_backend::jobs::{self, EndOutcome, SchedulerView};
+use msr_backend::operations::Setup;
 use slurm_spank::{
     spank_log, Context, LogLevel, Plugin, SpankHandle, SLURM_VERSION_NUMBER, SPANK_PLUGIN,
 };
@@ -38,6 +39,21 @@ fn node_name() -> String {
     host.split('.').next().unwrap_or(&host).to_string()
 }
 
+/// Run scontrol with `args`; its stdout, or why it failed.
+fn scontrol(cfg: &Config, args: &[String]) -> Result<String, String> {
+    match Command::new(&cfg.scontrol).args(args).output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{} {} ({}): {}",
+            cfg.scontrol.display(),
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", cfg.scontrol.display())),
+    }
+}
+
 /// Drain this node with `msg` as the reason (when `drain=yes`), and log what happened.
 fn drain(cfg: &Config, msg: &str) {
     if !cfg.drain {
@@ -45,31 +61,17 @@ fn drain(cfg: &Config, msg: &str) {
     }
     let node = node_name();
     let reason = report::drain_reason(msg);
-    let out = Command::new(&cfg.scontrol)
-        .arg("update")
-        .arg(format!("nodename={node}"))
-        .arg("state=drain")
-        .arg(format!("reason={reason}"))
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            log(LogLevel::Info, &format!("node {node} drained: {reason}"))
-        }
-        Ok(o) => log(
-            LogLevel::Error,
-            &format!(
-                "could not drain node {node} ({} {}): {}",
-                cfg.scontrol.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        ),
+    let args = [
+        "update".to_string(),
+        format!("nodename={node}"),
+        "state=drain".to_string(),
+        format!("reason={reason}"),
+    ];
+    match scontrol(cfg, &args) {
+        Ok(_) => log(LogLevel::Info, &format!("node {node} drained: {reason}")),
         Err(e) => log(
             LogLevel::Error,
-            &format!(
-                "could not run {} to drain node {node}: {e}",
-                cfg.scontrol.display()
-            ),
+            &format!("could not drain node {node}: {e}"),
         ),
     }
 }
@@ -78,6 +80,63 @@ fn drain(cfg: &Config, msg: &str) {
 fn fail(cfg: &Config, what: &str, msg: String) -> Box<dyn Error> {
     drain(cfg, &format!("{what}: {msg}"));
     format!("{what}: {msg}").into()
+}
+
+/// slurmd's view of the jobs on this node: the job ids of the steps its slurmstepds run,
+/// asked on the node itself (`scontrol listpids` reads slurmd's spool directory, not the
+/// controller).
+fn scheduler_view(cfg: &Config) -> SchedulerView {
+    match scontrol(cfg, &["listpids".to_string()]) {
+        Ok(out) => SchedulerView::Running {
+            jobs: report::listpids_jobs(&out),
+            source: "slurmd (scontrol listpids)".to_string(),
+        },
+        Err(why) => SchedulerView::Unknown { why },
+    }
+}
+
+/// End the jobs slurmd forgot (its epilog never ran), and log each.
+fn reconcile(cfg: &Config, regs: &Setup, own: &str) {
+    let view = scheduler_view(cfg);
+    match jobs::reconcile(&cfg.state_dir(), regs, &view, Some(own)) {
+        Ok(r) => {
+            for t in &r.stale_temps {
+                log(LogLevel::Info, &t.to_string());
+            }
+            for j in &r.reaped {
+                log(LogLevel::Info, &report::reaped_line(j));
+            }
+            if let Some(why) = &r.unknown {
+                log(
+                    LogLevel::Verbose,
+                    &format!("cannot ask slurmd which jobs run here ({why}); no stale job ended"),
+                );
+            }
+            if let Some(s) = &r.restored {
+                log(LogLevel::Info, &report::restored_line("(reconciled)", s));
+            }
+        }
+        Err(e) => log(
+            LogLevel::Error,
+            &format!("reconciliation failed: {}", msr_backend::error::chain(&e)),
+        ),
+    }
+}
+
+/// Record what the jobs changed in the job's AdminComment (visible in `scontrol show job` and
+/// `sacct -o AdminComment`), best effort.
+fn admin_comment(cfg: &Config, job: &str, line: &str) {
+    let args = [
+        "update".to_string(),
+        format!("jobid={job}"),
+        format!("admincomment={}", report::drain_reason(line)),
+    ];
+    if let Err(e) = scontrol(cfg, &args) {
+        log(
+            LogLevel::Verbose,
+            &format!("could not record the changed MSRs in job {job}'s AdminComment: {e}"),
+        );
+    }
 }
 
 // SAFETY: the trait is unsafe because task callbacks run in processes slurmstepd forks; this
@@ -103,7 +162,7 @@ unsafe impl Plugin for SpankMsr {
             log(
                 LogLevel::Verbose,
                 &format!(
-                    "loaded: state_dir={} root={} on_drift={:?} drain={}",
+                    "loaded: state_dir={} root={} on_drift={} drain={}",
                     cfg.node.state_dir.display(),
                     cfg.node
                         .root
@@ -120,26 +179,48 @@ unsafe impl Plugin for SpankMsr {
     fn job_prolog(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         let job = spank.job_id()?.to_string();
         let cfg = config(spank)?;
-        let regs = DeviceRegisters::from_config(&cfg.node);
-        match jobs::begin(&cfg.jobs(), &job, &regs) {
+        let regs = Setup::from_config(&cfg.node);
+        reconcile(&cfg, &regs, &job);
+        match jobs::begin(&cfg.state_dir(), &job, &regs) {
             Ok(outcome) => {
                 log(LogLevel::Info, &report::begin_line(&job, &outcome));
                 Ok(())
             }
-            Err(e) => Err(fail(&cfg, &format!("prolog job {job}"), e.to_string())),
+            Err(e) => Err(fail(
+                &cfg,
+                &format!("prolog job {job}"),
+                msr_backend::error::chain(&e),
+            )),
         }
     }
 
     fn job_epilog(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         let job = spank.job_id()?.to_string();
         let cfg = config(spank)?;
-        let regs = DeviceRegisters::from_config(&cfg.node);
-        let outcome = match jobs::end(&cfg.jobs(), &job, &regs) {
+        let regs = Setup::from_config(&cfg.node);
+        reconcile(&cfg, &regs, &job);
+        let outcome = match jobs::end(&cfg.state_dir(), &job, &regs) {
             Ok(o) => o,
-            Err(e) => return Err(fail(&cfg, &format!("epilog job {job}"), e.to_string())),
+            Err(e) => {
+                if let jobs::JobError::RestoreIncomplete { summary, .. } = &e {
+                    if let Some(line) = report::changed_line(&job, summary) {
+                        log(LogLevel::Info, &line);
+                        admin_comment(&cfg, &job, &line);
+                    }
+                }
+                return Err(fail(
+                    &cfg,
+                    &format!("epilog job {job}"),
+                    msr_backend::error::chain(&e),
+                ));
+            }
         };
         log(LogLevel::Info, &report::end_line(&job, &outcome));
         if let EndOutcome::Restored(s) = &outcome {
+            if let Some(line) = report::changed_line(&job, s) {
+                log(LogLevel::Info, &line);
+                admin_comment(&cfg, &job, &line);
+            }
             for note in &s.notes {
                 log(LogLevel::Info, &format!("job {job}: {note}"));
             }

@@ -1,7 +1,9 @@
 //! Log lines and drain reasons for the outcomes of msr_backend::jobs: pure, so they are tested
 //! without slurmd.
 
-use msr_backend::jobs::{name_registers, BeginOutcome, EndOutcome, RestoreSummary};
+use msr_backend::finding::name_registers;
+use msr_backend::jobs::{BeginOutcome, EndOutcome, Reaped, RestoreSummary, NAMED_REGISTERS};
+use msr_backend::restore::name_msrs;
 
 /// The longest drain reason the plugin sets (scontrol takes more, but `sinfo -R` readers and
 /// log lines do not).
@@ -47,8 +49,39 @@ pub fn drift_message(job: &str, s: &RestoreSummary) -> String {
     format!(
         "job {job}: {} register(s) differ from the snapshot after the restore: {}",
         s.drift.len(),
-        name_registers(&s.drift)
+        name_registers(&s.drift, NAMED_REGISTERS)
     )
+}
+
+/// What the jobs on the node changed, for the log and the job's AdminComment: one line, per
+/// MSR (name, CPUs, bits), or `None` when nothing had changed.
+pub fn changed_line(job: &str, s: &RestoreSummary) -> Option<String> {
+    if s.changed.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = s.changed.iter().map(|c| c.to_string()).collect();
+    Some(format!(
+        "job {job}: the job(s) that held the node changed {} MSR(s) ({}): {}",
+        s.changed.len(),
+        name_msrs(&s.changed, NAMED_REGISTERS),
+        list.join("; ")
+    ))
+}
+
+/// The job ids in `scontrol listpids` output (`PID JOBID STEPID LOCALID GLOBALID` rows).
+pub fn listpids_jobs(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .skip_while(|l| !l.trim_start().starts_with("PID"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|j| j.chars().all(|c| c.is_ascii_digit() || c == '_'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A job ended by reconciliation, for the log.
+pub fn reaped_line(r: &Reaped) -> String {
+    r.to_string()
 }
 
 pub fn end_line(job: &str, outcome: &EndOutcome) -> String {
@@ -84,7 +117,10 @@ pub fn drain_reason(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msr_backend::jobs::{RegisterProblem, SnapshotSummary};
+    use msr_backend::device::OpError;
+    use msr_backend::finding::{Finding, Problem};
+    use msr_backend::jobs::SnapshotSummary;
+    use msr_backend::{CpuId, MsrAddr};
 
     #[test]
     fn lines_say_what_happened() {
@@ -114,16 +150,32 @@ mod tests {
     #[test]
     fn drift_names_registers() {
         let s = RestoreSummary {
-            drift: vec![RegisterProblem {
-                cpu: 1,
-                msr: Some(0x199),
+            drift: vec![Finding {
+                cpu: CpuId(1),
+                msr: Some(MsrAddr(0x199)),
                 name: Some("IA32_PERF_CTL".into()),
-                detail: "expected 0x1 found 0x2 (bits 0x3)".into(),
+                problem: Problem::Mismatch {
+                    wrote: 0x1,
+                    read: 0x2,
+                    bits: 0x3,
+                },
             }],
             ..Default::default()
         };
         let m = drift_message("5", &s);
         assert!(m.contains("CPU 1 MSR 0x00000199 (IA32_PERF_CTL)"), "{m}");
+        let _ = OpError::NotAllowlisted;
+    }
+
+    #[test]
+    fn listpids_gives_the_jobs_slurmd_runs() {
+        let out = "PID      JOBID    STEPID   LOCALID GLOBALID\n\
+                   1234     42       batch    0       0\n\
+                   1240     42       0        0       0\n\
+                   1300     43       extern   -       -\n";
+        let jobs: Vec<_> = listpids_jobs(out).into_iter().collect();
+        assert_eq!(jobs, ["42", "43"]);
+        assert!(listpids_jobs("PID      JOBID    STEPID   LOCALID GLOBALID\n").is_empty());
     }
 
     #[test]

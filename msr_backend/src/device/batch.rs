@@ -11,12 +11,9 @@
 //! [`BatchDevice::run`] turns [`MsrOp`]s into batch ops and hands them to a [`BatchIoctl`] (the
 //! opened node, [`BatchFile`], or a test double):
 //!
-//! 1. **Our guard first**, as on the per-CPU devices: an MSR that is not in *our* allowlist is
-//!    never sent ([`OpError::NotAllowlisted`]); a write whose mask has bits outside our
-//!    allowlist's mask, or to an MSR whose allowlist mask is 0, is refused
-//!    ([`OpError::OutsideMask`] with the offending bits); a write whose own mask is 0 is refused
-//!    too (`OutsideMask { bits: 0 }`), because the kernel would still store the bits of `value`
-//!    under its own mask. A CPU number the op's `__u16` cannot carry gets `ENXIO`, which is what
+//! 1. **Our guard first** ([`super::guard`], the same one the per-CPU devices use): an MSR that
+//!    is not in *our* allowlist, a write outside its mask, to a read-only MSR or with an empty
+//!    mask is never sent. A CPU number the op's `__u16` cannot carry gets `ENXIO`, which is what
 //!    the kernel answers for a CPU that does not exist. Guarded-out ops are simply left out of
 //!    the kernel's array.
 //! 2. The rest goes to the kernel in chunks of at most [`BatchDevice::chunk_ops`] ops (default
@@ -56,8 +53,9 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::guard::{Checked, CheckedKind, Guard};
 use super::{
-    errno_meaning, BackendKind, DeviceError, MsrDevice, MsrOp, OpError, OpKind, Parallelism,
+    errno_meaning, BackendKind, DeviceError, MsrDevice, MsrOp, OpError, Parallelism,
     BATCH_CHUNK_OPS,
 };
 use crate::allowlist::Allowlist;
@@ -232,27 +230,18 @@ fn classify(result: Result<(), Errno>, ops: &[msr_batch_op]) -> Outcome {
     }
 }
 
-/// Our guard: the batch op for `op`, or why it must not reach the kernel.
-fn guard(allowlist: &Allowlist, op: &MsrOp) -> Result<msr_batch_op, OpError> {
-    let cpu = u16::try_from(op.cpu.0).map_err(|_| OpError::Errno(Errno::ENXIO))?;
-    let allowed = allowlist.mask(op.addr).ok_or(OpError::NotAllowlisted)?;
+/// The batch op for an op our guard let through. A CPU number the op's `__u16` cannot carry gets
+/// `ENXIO`, which is what the kernel answers for a CPU that does not exist.
+fn batch_op(op: &Checked) -> Result<msr_batch_op, OpError> {
+    let cpu = u16::try_from(op.cpu().0).map_err(|_| OpError::Errno(Errno::ENXIO))?;
     let mut b = msr_batch_op {
         cpu,
-        msr: op.addr.0,
+        msr: op.addr().0,
         ..msr_batch_op::default()
     };
-    match op.kind {
-        OpKind::Read => b.isrdmsr = 1,
-        OpKind::Write { value, mask } => {
-            let outside = mask.0 & !allowed.0;
-            if outside != 0 {
-                return Err(OpError::OutsideMask { bits: outside });
-            }
-            if !allowed.is_writable() || !mask.is_writable() {
-                // Nothing may be written (allowlist mask 0) or nothing was asked for (op mask
-                // 0: the kernel would still store `value` under its own mask).
-                return Err(OpError::OutsideMask { bits: mask.0 });
-            }
+    match op.kind() {
+        CheckedKind::Read => b.isrdmsr = 1,
+        CheckedKind::Write { value, .. } => {
             b.isrdmsr = 0;
             b.msrdata = value;
         }
@@ -260,10 +249,15 @@ fn guard(allowlist: &Allowlist, op: &MsrOp) -> Result<msr_batch_op, OpError> {
     Ok(b)
 }
 
+/// Our guard, then the batch op: what reaches the kernel for `op`, or why nothing does.
+fn guard(guard: &Guard, op: &MsrOp) -> Result<msr_batch_op, OpError> {
+    batch_op(&guard.check(op)?)
+}
+
 /// A [`MsrDevice`] over msr-safe's batch ioctl, with our allowlist guard in front.
 pub struct BatchDevice<B: BatchIoctl = BatchFile> {
     ioctl: B,
-    allowlist: Arc<Allowlist>,
+    guard: Guard,
     chunk_ops: usize,
 }
 
@@ -283,7 +277,7 @@ impl<B: BatchIoctl> BatchDevice<B> {
     pub fn new(ioctl: B, allowlist: Arc<Allowlist>) -> Self {
         BatchDevice {
             ioctl,
-            allowlist,
+            guard: Guard::new(allowlist),
             chunk_ops: BATCH_CHUNK_OPS,
         }
     }
@@ -303,7 +297,7 @@ impl<B: BatchIoctl> BatchDevice<B> {
     }
 
     pub fn allowlist(&self) -> &Arc<Allowlist> {
-        &self.allowlist
+        self.guard.allowlist()
     }
 
     fn whole_call(&self, errno: Errno) -> DeviceError {
@@ -387,7 +381,7 @@ impl<B: BatchIoctl> MsrDevice for BatchDevice<B> {
     fn run(&self, ops: &mut [MsrOp]) -> Result<(), DeviceError> {
         let mut pending = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter_mut().enumerate() {
-            match guard(&self.allowlist, op) {
+            match guard(&self.guard, op) {
                 Ok(b) => pending.push(Pending { index, op: b }),
                 Err(e) => op.result = Some(Err(e)),
             }
@@ -437,7 +431,7 @@ mod tests {
 
     #[test]
     fn guard_refuses_what_must_not_reach_the_kernel() {
-        let a = allowlist();
+        let a = Guard::new(Arc::new(allowlist()));
         let g = |op: MsrOp| guard(&a, &op);
         assert_eq!(
             g(MsrOp::read(CpuId(0), MsrAddr(0x11))),

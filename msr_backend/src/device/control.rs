@@ -273,7 +273,7 @@ pub fn read_version(node: &Node) -> Option<Result<MsrSafeVersion, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::double::{AllowlistNode, Caller};
+    use crate::testing::{AllowlistNode, Caller};
 
     #[test]
     fn versions_parse_as_the_module_writes_them() {

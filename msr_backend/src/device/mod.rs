@@ -8,7 +8,7 @@
 
 pub mod batch;
 pub mod control;
-pub mod double;
+pub mod guard;
 pub mod percpu;
 pub mod select;
 
@@ -20,7 +20,9 @@ use serde::Serialize;
 use crate::types::{CpuId, MsrAddr, WriteMask};
 
 /// Which kernel interface (or emulation of it) a device talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     /// msr-safe's `/dev/cpu/msr_batch` ioctl.

@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::guard::{CheckedKind, Guard};
 use super::{BackendKind, DeviceError, MsrDevice, MsrOp, OpError, OpKind, Parallelism};
 use crate::allowlist::Allowlist;
 use crate::node::Node;
-use crate::types::{CpuId, MsrAddr, WriteMask};
+use crate::types::{CpuId, MsrAddr};
 
 /// Size of one register in every device and register file.
 pub const REGISTER_BYTES: usize = 8;
@@ -162,7 +163,7 @@ impl CpuNodes for FsCpuNodes {
 pub struct PerCpuDevice<N: CpuNodes> {
     nodes: N,
     kind: BackendKind,
-    allowlist: Arc<Allowlist>,
+    guard: Guard,
 }
 
 impl<N: CpuNodes> PerCpuDevice<N> {
@@ -170,7 +171,7 @@ impl<N: CpuNodes> PerCpuDevice<N> {
         PerCpuDevice {
             nodes,
             kind,
-            allowlist,
+            guard: Guard::new(allowlist),
         }
     }
 
@@ -191,22 +192,14 @@ impl<N: CpuNodes> PerCpuDevice<N> {
     }
 
     fn run_op(&self, access: &mut dyn RegisterAccess, op: &MsrOp) -> Result<u64, OpError> {
-        let allowed = self
-            .allowlist
-            .mask(op.addr)
-            .ok_or(OpError::NotAllowlisted)?;
-        match op.kind {
-            OpKind::Read => access.read(op.addr).map_err(OpError::Errno),
-            OpKind::Write { value, mask } => {
-                let outside = mask.0 & !allowed.0;
-                if outside != 0 || !allowed.is_writable() {
-                    return Err(OpError::OutsideMask {
-                        bits: if outside != 0 { outside } else { mask.0 },
-                    });
-                }
-                let current = access.read(op.addr).map_err(OpError::Errno)?;
-                let merged = WriteMask(mask.0).merge(current, value);
-                access.write(op.addr, merged).map_err(OpError::Errno)?;
+        let op = self.guard.check(op)?;
+        match op.kind() {
+            CheckedKind::Read => access.read(op.addr()).map_err(OpError::Errno),
+            CheckedKind::Write { value, mask } => {
+                // msr_safe and the stock driver take a whole register: read, merge, write.
+                let current = access.read(op.addr()).map_err(OpError::Errno)?;
+                let merged = mask.merge(current, value);
+                access.write(op.addr(), merged).map_err(OpError::Errno)?;
                 Ok(merged)
             }
         }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use msr_backend::node::CpuIdentity;
+use msr_backend::types::CpuIdentity;
 
 /// The msr-safe commits the shipped lists were derived from (HEAD, and the v1.7.0 tag).
 pub const HEAD_COMMIT: &str = "cdafa357731939741074157c1c23cb308364eb8c";

@@ -3,7 +3,7 @@
 
 use msr_backend::allowlist::Allowlist;
 #[allow(unused_imports)]
-pub use msr_backend::device::double::allowlist_of as allowlist;
+pub use msr_backend::testing::allowlist_of as allowlist;
 
 pub mod lists;
 use msr_backend::{MsrAddr, WriteMask};

@@ -4,30 +4,26 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use msr_backend::allowlist::{
-    kernel_parse, lint as lint_text, select_allowlist, Allowlist, Severity,
+    kernel_parse, lint as lint_text, read_file, select_allowlist, Allowlist, Severity,
 };
 use msr_backend::device::control;
 use msr_backend::device::select::loaded_allowlist;
-use msr_backend::error::chain;
-use serde_json::json;
+use msr_backend::{MsrAddr, WriteMask};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{line, shown, Context, Outcome};
+use super::{shown, Context};
 use crate::cli::AllowlistCommand;
-use crate::{EXIT_FAILED, EXIT_OK};
+use crate::output::{line, ExitStatus, Outcome, Report};
 
 pub fn run(ctx: &Context, cmd: &AllowlistCommand) -> Result<Outcome> {
     match cmd {
-        AllowlistCommand::Show { file } => show(ctx, file.as_ref()),
-        AllowlistCommand::Select => {
-            let path = pick(ctx)?;
-            Ok(Outcome::new(
-                EXIT_OK,
-                json!({"command": "allowlist select", "ok": true, "file": shown(&path)}),
-                format!("{}\n", shown(&path)),
-            ))
-        }
-        AllowlistCommand::Load { file, auto } => load(ctx, file.as_ref(), *auto),
-        AllowlistCommand::Lint { files } => lint(files),
+        AllowlistCommand::Show { file } => show(ctx, file.as_ref()).map(Outcome::of),
+        AllowlistCommand::Select => Ok(Outcome::of(AllowlistSelect {
+            file: shown(&pick(ctx)?),
+        })),
+        AllowlistCommand::Load { file, auto } => load(ctx, file.as_ref(), *auto).map(Outcome::of),
+        AllowlistCommand::Lint { files } => lint(files).map(Outcome::of),
     }
 }
 
@@ -36,31 +32,119 @@ fn pick(ctx: &Context) -> Result<PathBuf> {
     Ok(select_allowlist(&id, &ctx.config.allowlist_dirs)?)
 }
 
-fn show(ctx: &Context, file: Option<&PathBuf>) -> Result<Outcome> {
-    let list = match file.or(ctx.config.allowlist.as_ref()) {
-        Some(f) => Allowlist::from_file(f)?,
-        None => loaded_allowlist(&ctx.node).map_err(anyhow::Error::msg)?,
-    };
-    let entries: Vec<_> = list
-        .entries()
-        .iter()
-        .map(|e| json!({"msr": e.addr, "mask": e.mask, "name": e.name}))
-        .collect();
-    Ok(Outcome::new(
-        EXIT_OK,
-        json!({"command": "allowlist show", "ok": true, "source": list.source(), "digest": list.digest(),
-               "msrs": list.len(), "writable": list.writable_count(), "entries": entries}),
-        list.to_kernel_text(),
-    ))
+/// One allowlist entry.
+#[derive(Serialize, JsonSchema)]
+pub struct Entry {
+    pub msr: MsrAddr,
+    pub mask: WriteMask,
+    pub name: Option<String>,
 }
 
-fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<Outcome> {
+/// `allowlist show`: a list in the kernel's read-back form.
+#[derive(Serialize, JsonSchema)]
+pub struct AllowlistShow {
+    pub source: String,
+    pub digest: String,
+    pub msrs: usize,
+    pub writable: usize,
+    pub entries: Vec<Entry>,
+    #[serde(skip)]
+    pub readback: String,
+}
+
+impl Report for AllowlistShow {
+    const COMMAND: &'static str = "allowlist show";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        self.readback.clone()
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("source", self.source.clone()),
+            ("digest", self.digest.clone()),
+            ("msrs", self.msrs.to_string()),
+        ]
+    }
+}
+
+fn show(ctx: &Context, file: Option<&PathBuf>) -> Result<AllowlistShow> {
+    let list = match file.or(ctx.config.allowlist.as_ref()) {
+        Some(f) => Allowlist::from_file(f)?,
+        None => loaded_allowlist(&ctx.node)?,
+    };
+    Ok(AllowlistShow {
+        source: list.source().to_string(),
+        digest: list.digest(),
+        msrs: list.len(),
+        writable: list.writable_count(),
+        entries: list
+            .entries()
+            .iter()
+            .map(|e| Entry {
+                msr: e.addr,
+                mask: e.mask,
+                name: e.name.clone(),
+            })
+            .collect(),
+        readback: list.to_kernel_text(),
+    })
+}
+
+/// `allowlist select`: the list for this CPU.
+#[derive(Serialize, JsonSchema)]
+pub struct AllowlistSelect {
+    pub file: String,
+}
+
+impl Report for AllowlistSelect {
+    const COMMAND: &'static str = "allowlist select";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        format!("{}\n", self.file)
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![("file", self.file.clone())]
+    }
+}
+
+/// `allowlist load`: what was loaded into msr-safe.
+#[derive(Serialize, JsonSchema)]
+pub struct AllowlistLoad {
+    pub file: String,
+    /// The allowlist node written.
+    pub node: String,
+    pub msrs: usize,
+    pub writable: usize,
+    pub digest: String,
+}
+
+impl Report for AllowlistLoad {
+    const COMMAND: &'static str = "allowlist load";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        format!(
+            "loaded {} ({} MSRs, {} writable) into {}\n",
+            self.file, self.msrs, self.writable, self.node
+        )
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![("file", self.file.clone()), ("msrs", self.msrs.to_string())]
+    }
+}
+
+fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<AllowlistLoad> {
     let path = match (file, auto) {
         (Some(f), _) => f.clone(),
         (None, _) => pick(ctx)
             .context("allowlist load --auto: no list for this CPU, so nothing was loaded")?,
     };
-    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", shown(&path)))?;
+    let text = read_file(&path)?;
     // Refuse what the kernel would refuse, before writing: a duplicate would leave msr-safe
     // with an EMPTY list.
     let list = Allowlist::parse(&text, &shown(&path))?;
@@ -71,65 +155,106 @@ fn load(ctx: &Context, file: Option<&PathBuf>, auto: bool) -> Result<Outcome> {
         shown(&node)
     );
     let node = control::load_allowlist(&ctx.node, &text)
-        .map_err(|e| anyhow::anyhow!("{} not loaded: {}", shown(&path), chain(&e)))?;
-    Ok(Outcome::new(
-        EXIT_OK,
-        json!({"command": "allowlist load", "ok": true, "file": shown(&path), "node": shown(&node),
-               "msrs": list.len(), "writable": list.writable_count(), "digest": list.digest()}),
-        format!(
-            "loaded {} ({} MSRs, {} writable) into {}\n",
-            shown(&path),
-            list.len(),
-            list.writable_count(),
-            shown(&node)
-        ),
-    ))
+        .with_context(|| format!("{} not loaded", shown(&path)))?;
+    Ok(AllowlistLoad {
+        file: shown(&path),
+        node: shown(&node),
+        msrs: list.len(),
+        writable: list.writable_count(),
+        digest: list.digest(),
+    })
 }
 
-fn lint(files: &[PathBuf]) -> Result<Outcome> {
-    let mut h = String::new();
-    let mut reports = Vec::new();
-    let mut errors = 0;
+/// One lint finding.
+#[derive(Serialize, JsonSchema)]
+pub struct LintFinding {
+    pub line: usize,
+    /// `error` (msr-safe would refuse the list) or `warning`.
+    pub severity: String,
+    pub message: String,
+    /// The errno msr-safe would return, for errors.
+    pub errno: Option<String>,
+}
+
+/// The lint of one file.
+#[derive(Serialize, JsonSchema)]
+pub struct LintedFile {
+    pub file: String,
+    pub ok: bool,
+    pub msrs: usize,
+    pub writable: usize,
+    pub findings: Vec<LintFinding>,
+}
+
+/// `allowlist lint`: each file as the kernel would parse it, and what an admin should know.
+#[derive(Serialize, JsonSchema)]
+pub struct AllowlistLint {
+    pub files: Vec<LintedFile>,
+}
+
+impl Report for AllowlistLint {
+    const COMMAND: &'static str = "allowlist lint";
+    fn status(&self) -> ExitStatus {
+        if self.files.iter().all(|f| f.ok) {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
+    fn text(&self) -> String {
+        let mut h = String::new();
+        for f in &self.files {
+            for x in &f.findings {
+                line(
+                    &mut h,
+                    format!("{}:{}: {}: {}", f.file, x.line, x.severity, x.message),
+                );
+            }
+            if f.ok {
+                line(
+                    &mut h,
+                    format!(
+                        "{}: ok, {} MSRs, {} writable, {} warnings",
+                        f.file,
+                        f.msrs,
+                        f.writable,
+                        f.findings.len()
+                    ),
+                );
+            }
+        }
+        h
+    }
+}
+
+fn lint(files: &[PathBuf]) -> Result<AllowlistLint> {
+    let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read(f).with_context(|| format!("cannot read {}", shown(f)))?;
+        let text = read_file(f)?;
         let findings = lint_text(&text);
-        let file_errors = findings
+        let errors = findings
             .iter()
             .filter(|x| x.severity == Severity::Error)
             .count();
-        errors += file_errors;
-        for x in &findings {
-            line(
-                &mut h,
-                format!("{}:{}: {}: {}", shown(f), x.line, x.severity, x.message),
-            );
-        }
         let (msrs, writable) = match kernel_parse(&text) {
             Ok(e) => (e.len(), e.iter().filter(|e| e.mask != 0).count()),
             Err(_) => (0, 0),
         };
-        if file_errors == 0 {
-            line(
-                &mut h,
-                format!(
-                    "{}: ok, {msrs} MSRs, {writable} writable, {} warnings",
-                    shown(f),
-                    findings.len()
-                ),
-            );
-        }
-        let list: Vec<_> = findings
-            .iter()
-            .map(|x| {
-                json!({"line": x.line, "severity": x.severity.to_string(), "message": x.message,
-                           "errno": x.kernel_error.as_ref().map(|k| format!("{:?}", k.errno))})
-            })
-            .collect();
-        reports.push(json!({"file": shown(f), "ok": file_errors == 0, "msrs": msrs, "writable": writable, "findings": list}));
+        out.push(LintedFile {
+            file: shown(f),
+            ok: errors == 0,
+            msrs,
+            writable,
+            findings: findings
+                .iter()
+                .map(|x| LintFinding {
+                    line: x.line,
+                    severity: x.severity.to_string(),
+                    message: x.message.clone(),
+                    errno: x.kernel_error.as_ref().map(|k| format!("{:?}", k.errno)),
+                })
+                .collect(),
+        });
     }
-    Ok(Outcome::new(
-        if errors == 0 { EXIT_OK } else { EXIT_FAILED },
-        json!({"command": "allowlist lint", "ok": errors == 0, "files": reports}),
-        h,
-    ))
+    Ok(AllowlistLint { files: out })
 }

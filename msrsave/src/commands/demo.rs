@@ -4,19 +4,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use msr_backend::allowlist::Allowlist;
-use msr_backend::device::select::{open_backend, BackendRequest};
+use msr_backend::device::select::BackendRequest;
 use msr_backend::emulate::{self, EmulatedNodeSpec};
-use msr_backend::node::{hostname, CpuIdentity};
+use msr_backend::finding::Finding;
+use msr_backend::operations::{self, Fit, Setup};
 use msr_backend::plan::DriftBits;
-use msr_backend::restore;
-use msr_backend::savefile::{SaveFile, SaveMeta};
-use msr_backend::snapshot::Snapshot;
+use msr_backend::restore::MsrChange;
+use msr_backend::savefile::Origin;
+use msr_backend::types::CpuIdentity;
 use msr_backend::{CpuId, Hex64, MsrAddr};
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{line, shown, Outcome};
+use super::shown;
 use crate::cli::GlobalArgs;
-use crate::{EXIT_FAILED, EXIT_OK};
+use crate::output::{line, ms, ExitStatus, Report};
 
 /// The demo's allowlist: a few Skylake-SP MSRs with the write masks msr-safe v1.7.0 gives them.
 const DEMO_ALLOWLIST: &str = "\
@@ -42,13 +44,40 @@ fn parse_cpu_model(s: &str) -> Result<(u32, u32)> {
     Ok((hex(f)?, hex(m)?))
 }
 
+/// `emulate`: the node made.
+#[derive(Serialize, JsonSchema)]
+pub struct EmulateReport {
+    pub dir: String,
+    pub cpus: u32,
+    pub cpu: CpuIdentity,
+    pub msrs: usize,
+    pub writable: usize,
+    pub allowlist: String,
+}
+
+impl Report for EmulateReport {
+    const COMMAND: &'static str = "emulate";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        format!(
+            "emulated node in {}: {} CPUs, {}, {} MSRs ({} writable) from {}\nuse it with: msrsave --root {} ...\n",
+            self.dir, self.cpus, self.cpu, self.msrs, self.writable, self.allowlist, self.dir
+        )
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![("dir", self.dir.clone())]
+    }
+}
+
 pub fn emulate(
     global: &GlobalArgs,
     dir: &Path,
     cpus: u32,
     cpu_model: &str,
     vendor: &str,
-) -> Result<Outcome> {
+) -> Result<EmulateReport> {
     let (family, model) = parse_cpu_model(cpu_model)?;
     let list = match &global.allowlist {
         Some(p) => Allowlist::from_file(p)?,
@@ -69,19 +98,14 @@ pub fn emulate(
             identity: identity.clone(),
         },
     )?;
-    Ok(Outcome::new(
-        EXIT_OK,
-        json!({"command": "emulate", "ok": true, "dir": shown(dir), "cpus": cpus, "cpu": identity,
-               "msrs": list.len(), "writable": list.writable_count(), "allowlist": list.source()}),
-        format!(
-            "emulated node in {}: {cpus} CPUs, {identity}, {} MSRs ({} writable) from {}\nuse it with: msrsave --root {} ...\n",
-            shown(dir),
-            list.len(),
-            list.writable_count(),
-            list.source(),
-            shown(dir)
-        ),
-    ))
+    Ok(EmulateReport {
+        dir: shown(dir),
+        cpus,
+        cpu: identity,
+        msrs: list.len(),
+        writable: list.writable_count(),
+        allowlist: list.source().to_string(),
+    })
 }
 
 /// What the pretend job does: (cpu, MSR, new value).
@@ -98,7 +122,55 @@ fn job_changes(cpus: u32) -> Vec<(CpuId, MsrAddr, u64)> {
     ]
 }
 
-pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
+/// One step of the demo.
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum DemoStep {
+    Save {
+        registers: usize,
+        file: String,
+    },
+    Check {
+        clean: bool,
+        drift: Vec<Finding>,
+    },
+    Restore {
+        written: usize,
+        verified: usize,
+        failures: Vec<Finding>,
+        /// What the job changed, per MSR, as the restore found it.
+        changed: Vec<MsrChange>,
+    },
+}
+
+/// `demo`: the whole cycle on an emulated node.
+#[derive(Serialize, JsonSchema)]
+pub struct DemoReport {
+    pub dir: String,
+    pub steps: Vec<DemoStep>,
+    /// Whether the bits outside the write masks were left as the job left them.
+    pub unmasked_bits_kept: bool,
+    #[serde(skip)]
+    ok: bool,
+    #[serde(skip)]
+    text: String,
+}
+
+impl Report for DemoReport {
+    const COMMAND: &'static str = "demo";
+    fn status(&self) -> ExitStatus {
+        if self.ok {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
+    fn text(&self) -> String {
+        self.text.clone()
+    }
+}
+
+pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<DemoReport> {
     anyhow::ensure!(cpus >= 1, "--cpus must be at least 1");
     let tmp;
     let dir: PathBuf = match keep {
@@ -138,35 +210,23 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
         ),
     );
 
-    let backend = open_backend(&node, &BackendRequest::default())?;
-    let start = std::time::Instant::now();
-    let snapshot = Snapshot::take(
-        backend.device.as_ref(),
-        backend.allowlist.clone(),
-        &backend.online,
-    )?;
-    let meta = SaveMeta::now(
-        hostname(),
-        node.cpu_identity()?,
-        node.kernel_release(),
-        backend.device.kind(),
-    );
-    let save_path = dir.join("snapshot.json");
-    let save = SaveFile { meta, snapshot };
-    save.store(&save_path)?;
+    let backend = Setup::new(node, BackendRequest::default()).open(true)?;
+    let save_path = dir.join("snapshot.msr");
+    let saved = operations::save(&backend, &save_path, None)?;
     line(
         &mut h,
         format!(
             "2. Job prolog: snapshot of {} registers via backend {} saved to {} in {:.2} ms",
-            save.snapshot.values.len(),
+            saved.file.snapshot.len(),
             backend.device.kind(),
             shown(&save_path),
-            super::ms(start.elapsed())
+            ms(saved.elapsed)
         ),
     );
-    steps.push(
-        json!({"step": "save", "registers": save.snapshot.values.len(), "file": shown(&save_path)}),
-    );
+    steps.push(DemoStep::Save {
+        registers: saved.file.snapshot.len(),
+        file: shown(&save_path),
+    });
 
     let changes = job_changes(cpus);
     line(
@@ -188,70 +248,58 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
         );
     }
 
-    let check = || {
-        restore::check(
-            backend.device.as_ref(),
-            &save.snapshot,
-            &backend.allowlist,
-            &backend.online,
-            DriftBits::Writable,
-        )
-    };
-    let drift = check()?;
+    let loaded = operations::load_for_node(&save_path, Origin::Named, &backend, Fit::default())?;
+    let drift = operations::check(&backend, &loaded, DriftBits::Writable)?;
     line(
         &mut h,
         format!("4. Check after the job: {}", drift.summary()),
     );
     for d in &drift.drift {
-        line(
-            &mut h,
-            format!(
-                "     {}: expected {} actual {} (bits {})",
-                label(d.cpu, d.msr, &d.name),
-                d.expected,
-                d.actual,
-                d.changed_bits
-            ),
-        );
+        line(&mut h, format!("     {d}"));
     }
-    steps.push(json!({"step": "check", "clean": drift.clean(), "drift": drift.drift}));
+    steps.push(DemoStep::Check {
+        clean: drift.clean(),
+        drift: drift.drift.clone(),
+    });
 
-    let report = restore::restore(
-        backend.device.as_ref(),
-        &save.snapshot,
-        &backend.allowlist,
-        &backend.online,
-        false,
-    )?;
+    let report = operations::restore(&backend, &loaded, false)?;
     line(
         &mut h,
         format!(
             "5. Job epilog: restore wrote {} registers, {} verified, {} failures",
-            report.written,
-            report.verified,
-            report.failures.len()
+            report.written, report.verified, report.failed
         ),
     );
     for w in &report.writes {
         line(
             &mut h,
             format!(
-                "     {}: {} -> {} (mask {})",
-                label(w.cpu, w.msr, &w.name),
+                "     CPU {} MSR {}{}: {} -> {} (mask {})",
+                w.cpu,
+                w.msr,
+                w.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
                 w.before,
                 w.after,
                 w.mask
             ),
         );
     }
-    steps.push(json!({"step": "restore", "written": report.written, "verified": report.verified, "failures": report.failures}));
+    steps.push(DemoStep::Restore {
+        written: report.written,
+        verified: report.verified,
+        failures: report.failures.clone(),
+        changed: report.changed.clone(),
+    });
 
-    let after = check()?;
+    let after = operations::check(&backend, &loaded, DriftBits::Writable)?;
     line(
         &mut h,
         format!("6. Check after restore: {}", after.summary()),
     );
-    steps.push(json!({"step": "check", "clean": after.clean(), "drift": after.drift}));
+    steps.push(DemoStep::Check {
+        clean: after.clean(),
+        drift: after.drift.clone(),
+    });
 
     // The bits outside the write mask stay as the job left them: a restore never writes them.
     let mut unmasked_kept = true;
@@ -291,18 +339,13 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<Outcome> {
             ),
         );
     }
-    Ok(Outcome::new(
-        if ok { EXIT_OK } else { EXIT_FAILED },
-        json!({"command": "demo", "ok": ok, "dir": shown(&dir), "steps": steps, "unmasked_bits_kept": unmasked_kept}),
-        h,
-    ))
-}
-
-fn label(cpu: CpuId, msr: MsrAddr, name: &Option<String>) -> String {
-    match name {
-        Some(n) => format!("CPU {cpu} MSR {msr} {n}"),
-        None => format!("CPU {cpu} MSR {msr}"),
-    }
+    Ok(DemoReport {
+        dir: shown(&dir),
+        steps,
+        unmasked_bits_kept: unmasked_kept,
+        ok,
+        text: h,
+    })
 }
 
 /// A temporary directory removed on drop.

@@ -5,14 +5,15 @@ use std::path::Path;
 
 use anyhow::Result;
 use msr_backend::device::OpError;
-use msr_backend::node::format_cpu_list;
 use msr_backend::plan::display_name;
-use msr_backend::savefile::SaveFile;
-use msr_backend::{CpuId, Hex64};
-use serde_json::json;
+use msr_backend::savefile::{SaveFile, SaveMeta};
+use msr_backend::types::format_cpu_list;
+use msr_backend::{CpuId, Hex64, MsrAddr, WriteMask};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{line, shown, Outcome};
-use crate::{EXIT_FAILED, EXIT_OK};
+use super::shown;
+use crate::output::{line, ExitStatus, Report};
 
 fn value_text(v: &Result<u64, OpError>) -> String {
     match v {
@@ -21,103 +22,209 @@ fn value_text(v: &Result<u64, OpError>) -> String {
     }
 }
 
-pub fn show(file: &Path, only_cpu: Option<u32>) -> Result<Outcome> {
-    let save = SaveFile::load(file)?;
-    let s = &save.snapshot;
-    let m = &save.meta;
-    let mut h = String::new();
-    line(&mut h, format!("save file {}", shown(file)));
-    line(
-        &mut h,
-        format!(
-            "  host {}  created {}  job {}",
-            m.host,
-            m.created,
-            m.job_id.as_deref().unwrap_or("-")
-        ),
-    );
-    line(
-        &mut h,
-        format!(
-            "  CPU {}  kernel {}  backend {}  msr-safe {}",
-            m.cpu,
-            m.kernel.as_deref().unwrap_or("?"),
-            m.backend,
-            m.msr_safe.as_deref().unwrap_or("-")
-        ),
-    );
-    line(
-        &mut h,
-        format!(
-            "  allowlist {} ({} MSRs, {} writable, {})",
-            s.allowlist.source(),
-            s.allowlist.len(),
-            s.allowlist.writable_count(),
-            s.allowlist.digest()
-        ),
-    );
-    line(
-        &mut h,
-        format!(
-            "  CPUs {} ({}), {} unreadable registers",
-            format_cpu_list(&s.cpus),
-            s.cpus.len(),
-            s.unreadable()
-        ),
-    );
-    line(&mut h, "");
-    line(
-        &mut h,
-        format!("{:<10} {:<18} {:<28} values", "MSR", "write mask", "name"),
-    );
-    let cpu_indices: Vec<usize> = (0..s.cpus.len())
-        .filter(|&ci| only_cpu.is_none_or(|c| s.cpus[ci] == CpuId(c)))
-        .collect();
-    let mut rows = Vec::new();
-    for (ei, e) in s.entries().iter().enumerate() {
-        // Group CPUs by value so a 256-CPU node stays readable.
-        let mut by_value: BTreeMap<String, Vec<CpuId>> = BTreeMap::new();
-        for &ci in &cpu_indices {
-            by_value
-                .entry(value_text(&s.value(ci, ei)))
-                .or_default()
-                .push(s.cpus[ci]);
-        }
-        let values: Vec<String> = if by_value.len() == 1 {
-            by_value.keys().map(|v| format!("{v} (all)")).collect()
-        } else {
-            by_value
-                .iter()
-                .map(|(v, cpus)| format!("{v} (CPUs {})", format_cpu_list(cpus)))
-                .collect()
-        };
-        let name = display_name(s, ei).unwrap_or_default();
+/// One MSR of a save file.
+#[derive(Serialize, JsonSchema)]
+pub struct ShowRow {
+    pub msr: MsrAddr,
+    pub mask: WriteMask,
+    pub name: String,
+    /// Each distinct value (or error code) and the CPUs that hold it.
+    pub values: BTreeMap<String, Vec<CpuId>>,
+}
+
+/// `show`: a save file, readably.
+#[derive(Serialize, JsonSchema)]
+pub struct ShowReport {
+    pub file: String,
+    pub meta: SaveMeta,
+    pub allowlist_source: String,
+    pub allowlist_digest: String,
+    pub cpu_list: String,
+    pub unreadable: usize,
+    pub msrs: Vec<ShowRow>,
+}
+
+impl Report for ShowReport {
+    const COMMAND: &'static str = "show";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        let m = &self.meta;
+        let mut h = String::new();
+        line(&mut h, format!("save file {}", self.file));
         line(
             &mut h,
             format!(
-                "{:<10} {:<18} {:<28} {}",
-                e.addr.to_string(),
-                e.mask.to_string(),
-                name,
-                values.join(", ")
+                "  host {}  created {}  job {}",
+                m.host,
+                m.created,
+                m.job_id.as_deref().unwrap_or("-")
             ),
         );
-        rows.push(json!({"msr": e.addr, "mask": e.mask, "name": name, "values": by_value}));
+        line(
+            &mut h,
+            format!(
+                "  CPU {}  kernel {}  backend {}  msr-safe {}",
+                m.cpu,
+                m.kernel.as_deref().unwrap_or("?"),
+                m.backend,
+                m.msr_safe.as_deref().unwrap_or("-")
+            ),
+        );
+        let writable = self.msrs.iter().filter(|r| r.mask.is_writable()).count();
+        line(
+            &mut h,
+            format!(
+                "  allowlist {} ({} MSRs, {} writable, {})",
+                self.allowlist_source,
+                self.msrs.len(),
+                writable,
+                self.allowlist_digest
+            ),
+        );
+        line(
+            &mut h,
+            format!(
+                "  CPUs {}, {} unreadable registers",
+                self.cpu_list, self.unreadable
+            ),
+        );
+        line(&mut h, "");
+        line(
+            &mut h,
+            format!("{:<10} {:<18} {:<28} values", "MSR", "write mask", "name"),
+        );
+        for r in &self.msrs {
+            let values: Vec<String> = if r.values.len() == 1 {
+                r.values.keys().map(|v| format!("{v} (all)")).collect()
+            } else {
+                r.values
+                    .iter()
+                    .map(|(v, cpus)| format!("{v} (CPUs {})", format_cpu_list(cpus)))
+                    .collect()
+            };
+            line(
+                &mut h,
+                format!(
+                    "{:<10} {:<18} {:<28} {}",
+                    r.msr.to_string(),
+                    r.mask.to_string(),
+                    r.name,
+                    values.join(", ")
+                ),
+            );
+        }
+        h
     }
-    Ok(Outcome::new(
-        EXIT_OK,
-        json!({"command": "show", "ok": true, "file": shown(file), "meta": m, "allowlist_digest": s.allowlist.digest(),
-               "cpu_list": format_cpu_list(&s.cpus), "msrs": rows}),
-        h,
-    ))
 }
 
-pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<Outcome> {
+pub fn show(file: &Path, only_cpu: Option<u32>) -> Result<ShowReport> {
+    let save = SaveFile::load(file)?;
+    let s = &save.snapshot;
+    let cpu_indices: Vec<usize> = (0..s.cpus.len())
+        .filter(|&ci| only_cpu.is_none_or(|c| s.cpus[ci] == CpuId(c)))
+        .collect();
+    let msrs = s
+        .entries()
+        .iter()
+        .enumerate()
+        .map(|(ei, e)| {
+            // Group CPUs by value so a 256-CPU node stays readable.
+            let mut values: BTreeMap<String, Vec<CpuId>> = BTreeMap::new();
+            for &ci in &cpu_indices {
+                values
+                    .entry(value_text(&s.value(ci, ei)))
+                    .or_default()
+                    .push(s.cpus[ci]);
+            }
+            ShowRow {
+                msr: e.addr,
+                mask: e.mask,
+                name: display_name(s, ei).unwrap_or_default(),
+                values,
+            }
+        })
+        .collect();
+    Ok(ShowReport {
+        file: shown(file),
+        allowlist_source: s.allowlist.source().to_string(),
+        allowlist_digest: s.allowlist.digest(),
+        cpu_list: format_cpu_list(&s.cpus),
+        unreadable: s.unreadable(),
+        meta: save.meta,
+        msrs,
+    })
+}
+
+/// A register that differs between two save files.
+#[derive(Serialize, JsonSchema)]
+pub struct Difference {
+    pub cpu: CpuId,
+    pub msr: MsrAddr,
+    pub name: Option<String>,
+    /// The value (or error code) in the first file and in the second.
+    pub a: String,
+    pub b: String,
+}
+
+/// `diff`: registers that differ between two save files.
+#[derive(Serialize, JsonSchema)]
+pub struct DiffReport {
+    pub a: String,
+    pub b: String,
+    pub differences: Vec<Difference>,
+    /// Host, CPU model, allowlist or CPU list differences.
+    pub notes: Vec<String>,
+}
+
+impl Report for DiffReport {
+    const COMMAND: &'static str = "diff";
+    fn status(&self) -> ExitStatus {
+        if self.differences.is_empty() {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
+    fn text(&self) -> String {
+        let mut h = String::new();
+        for d in self.differences.iter().take(100) {
+            line(
+                &mut h,
+                format!(
+                    "CPU {} MSR {} {}: {} -> {}",
+                    d.cpu,
+                    d.msr,
+                    d.name.as_deref().unwrap_or_default(),
+                    d.a,
+                    d.b
+                ),
+            );
+        }
+        for n in &self.notes {
+            line(&mut h, format!("note: {n}"));
+        }
+        line(
+            &mut h,
+            format!(
+                "{} registers differ between {} and {}",
+                self.differences.len(),
+                self.a,
+                self.b
+            ),
+        );
+        h
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![("differences", self.differences.len().to_string())]
+    }
+}
+
+pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<DiffReport> {
     let fa = SaveFile::load(a)?;
     let fb = SaveFile::load(b)?;
     let (sa, sb) = (&fa.snapshot, &fb.snapshot);
-    let mut h = String::new();
-    let mut diffs = Vec::new();
     let mut notes = Vec::new();
     if fa.meta.host != fb.meta.host {
         notes.push(format!(
@@ -145,6 +252,7 @@ pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<Outcome> {
             format_cpu_list(&sb.cpus)
         ));
     }
+    let mut differences = Vec::new();
     for (ai, &cpu) in sa.cpus.iter().enumerate() {
         let Some(bi) = sb.cpu_index(cpu) else {
             continue;
@@ -164,39 +272,20 @@ pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<Outcome> {
                 (x, y) => x != y,
             };
             if differs {
-                let name = display_name(sa, ei);
-                diffs.push(json!({"cpu": cpu, "msr": e.addr, "name": name, "a": value_text(&va), "b": value_text(&vb)}));
-                if diffs.len() <= 100 {
-                    line(
-                        &mut h,
-                        format!(
-                            "CPU {cpu} MSR {} {}: {} -> {}",
-                            e.addr,
-                            name.unwrap_or_default(),
-                            value_text(&va),
-                            value_text(&vb)
-                        ),
-                    );
-                }
+                differences.push(Difference {
+                    cpu,
+                    msr: e.addr,
+                    name: display_name(sa, ei),
+                    a: value_text(&va),
+                    b: value_text(&vb),
+                });
             }
         }
     }
-    for n in &notes {
-        line(&mut h, format!("note: {n}"));
-    }
-    line(
-        &mut h,
-        format!(
-            "{} registers differ between {} and {}",
-            diffs.len(),
-            shown(a),
-            shown(b)
-        ),
-    );
-    let same = diffs.is_empty();
-    Ok(Outcome::new(
-        if same { EXIT_OK } else { EXIT_FAILED },
-        json!({"command": "diff", "ok": same, "a": shown(a), "b": shown(b), "differences": diffs, "notes": notes}),
-        h,
-    ))
+    Ok(DiffReport {
+        a: shown(a),
+        b: shown(b),
+        differences,
+        notes,
+    })
 }

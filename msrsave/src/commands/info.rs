@@ -2,111 +2,188 @@
 
 use anyhow::Result;
 use msr_backend::allowlist::select_allowlist;
-use msr_backend::device::select::open_backend;
-use msr_backend::node::{format_cpu_list, hostname};
-use serde_json::json;
+use msr_backend::device::select::Skipped;
+use msr_backend::device::BackendKind;
+use msr_backend::error::chain;
+use msr_backend::node::hostname;
+use msr_backend::types::{format_cpu_list, CpuIdentity};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{line, shown, Context, Outcome};
-use crate::{EXIT_OK, EXIT_USAGE};
+use super::{shown, Context};
+use crate::output::{line, ExitStatus, Report};
 
-pub fn info(ctx: &Context) -> Result<Outcome> {
-    let node = &ctx.node;
-    let mut h = String::new();
-    let cpu = node.cpu_identity().map_err(|e| e.to_string());
-    let online = node.online_cpus().map_err(|e| e.to_string());
-    let selected = cpu.as_ref().ok().map(|id| {
-        select_allowlist(id, &ctx.config.allowlist_dirs)
-            .map(|p| shown(&p))
-            .map_err(|e| e.to_string())
-    });
-    line(&mut h, format!("host            {}", hostname()));
-    line(&mut h, format!("root            {}", shown(node.root())));
-    match &cpu {
-        Ok(id) => line(&mut h, format!("cpu             {id}")),
-        Err(e) => line(&mut h, format!("cpu             unknown: {e}")),
-    }
-    match &online {
-        Ok(c) => line(
-            &mut h,
-            format!("online cpus     {} ({})", format_cpu_list(c), c.len()),
-        ),
-        Err(e) => line(&mut h, format!("online cpus     unknown: {e}")),
-    }
-    line(
-        &mut h,
-        format!(
-            "kernel          {}",
-            node.kernel_release().unwrap_or_else(|| "?".into())
-        ),
-    );
-    line(
-        &mut h,
-        format!(
-            "msr-safe        {}",
-            node.msr_safe_version()
-                .unwrap_or_else(|| "not loaded".into())
-        ),
-    );
-    line(
-        &mut h,
-        format!(
-            "lockdown        {}",
-            node.lockdown().unwrap_or_else(|| "none".into())
-        ),
-    );
-    if let Some(sel) = &selected {
-        match sel {
-            Ok(p) => line(&mut h, format!("shipped list    {p}")),
-            Err(e) => line(&mut h, format!("shipped list    none: {e}")),
+/// The backend `info` would use.
+#[derive(Serialize, JsonSchema)]
+pub struct BackendInfo {
+    /// `null` when no backend is usable (then `error` says why).
+    pub backend: Option<BackendKind>,
+    pub device: Option<String>,
+    /// Where the allowlist came from.
+    pub allowlist: Option<String>,
+    pub msrs: Option<usize>,
+    pub writable: Option<usize>,
+    pub digest: Option<String>,
+    /// The backends tried before it (or all of them), and why each was skipped.
+    pub skipped: Vec<Skipped>,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// `info`: the node as msrsave sees it.
+#[derive(Serialize, JsonSchema)]
+pub struct InfoReport {
+    pub host: String,
+    pub root: String,
+    pub cpu: Option<CpuIdentity>,
+    pub online_cpus: Option<String>,
+    pub kernel: Option<String>,
+    pub msr_safe: Option<String>,
+    pub lockdown: Option<String>,
+    /// The shipped allowlist for this CPU, if there is one.
+    pub shipped_allowlist: Option<String>,
+    pub backend: BackendInfo,
+    #[serde(skip)]
+    problems: Vec<String>,
+}
+
+impl Report for InfoReport {
+    const COMMAND: &'static str = "info";
+    fn status(&self) -> ExitStatus {
+        if self.backend.backend.is_some() {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Usage
         }
     }
-    let opened = open_backend(node, &ctx.request());
-    let (backend_json, code) = match &opened {
-        Ok(b) => {
-            line(
-                &mut h,
-                format!(
-                    "backend         {} ({})",
-                    b.device.kind(),
-                    b.device.describe()
-                ),
-            );
-            line(
-                &mut h,
-                format!(
-                    "allowlist       {} ({} MSRs, {} writable, {})",
-                    b.allowlist_origin,
-                    b.allowlist.len(),
-                    b.allowlist.writable_count(),
-                    b.allowlist.digest()
-                ),
-            );
-            for s in &b.skipped {
+    fn text(&self) -> String {
+        let mut h = String::new();
+        let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
+        line(&mut h, format!("host            {}", self.host));
+        line(&mut h, format!("root            {}", self.root));
+        match &self.cpu {
+            Some(id) => line(&mut h, format!("cpu             {id}")),
+            None => line(&mut h, "cpu             unknown"),
+        }
+        line(
+            &mut h,
+            format!("online cpus     {}", or(&self.online_cpus, "unknown")),
+        );
+        line(&mut h, format!("kernel          {}", or(&self.kernel, "?")));
+        line(
+            &mut h,
+            format!("msr-safe        {}", or(&self.msr_safe, "not loaded")),
+        );
+        line(
+            &mut h,
+            format!("lockdown        {}", or(&self.lockdown, "none")),
+        );
+        line(
+            &mut h,
+            format!("shipped list    {}", or(&self.shipped_allowlist, "none")),
+        );
+        for p in &self.problems {
+            line(&mut h, format!("problem         {p}"));
+        }
+        let b = &self.backend;
+        match (&b.backend, &b.error) {
+            (Some(k), _) => {
                 line(
                     &mut h,
-                    format!("skipped         {}: {}", s.backend, s.reason),
+                    format!("backend         {k} ({})", or(&b.device, "")),
+                );
+                line(
+                    &mut h,
+                    format!(
+                        "allowlist       {} ({} MSRs, {} writable, {})",
+                        or(&b.allowlist, "?"),
+                        b.msrs.unwrap_or(0),
+                        b.writable.unwrap_or(0),
+                        or(&b.digest, "?")
+                    ),
                 );
             }
-            for w in &b.warnings {
-                line(&mut h, format!("warning         {w}"));
-            }
-            (
-                json!({"backend": b.device.kind(), "device": b.device.describe(), "allowlist": b.allowlist_origin,
-                       "msrs": b.allowlist.len(), "writable": b.allowlist.writable_count(),
-                       "digest": b.allowlist.digest(), "skipped": b.skipped, "warnings": b.warnings}),
-                EXIT_OK,
-            )
+            (None, e) => line(&mut h, format!("backend         none: {}", or(e, "?"))),
         }
+        for s in &b.skipped {
+            line(&mut h, format!("skipped         {s}"));
+        }
+        for w in &b.warnings {
+            line(&mut h, format!("warning         {w}"));
+        }
+        h
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "backend",
+                self.backend
+                    .backend
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("msr_safe", self.msr_safe.clone().unwrap_or_default()),
+        ]
+    }
+}
+
+pub fn info(ctx: &Context) -> Result<InfoReport> {
+    let node = &ctx.node;
+    let mut problems = Vec::new();
+    let cpu = node
+        .cpu_identity()
+        .map_err(|e| problems.push(chain(&e)))
+        .ok();
+    let online = node
+        .online_cpus()
+        .map_err(|e| problems.push(chain(&e)))
+        .ok();
+    let shipped = cpu.as_ref().and_then(|id| {
+        select_allowlist(id, &ctx.config.allowlist_dirs)
+            .map(|p| shown(&p))
+            .ok()
+    });
+    let backend = match ctx.setup().open(false) {
+        Ok(b) => BackendInfo {
+            backend: Some(b.device.kind()),
+            device: Some(b.device.describe()),
+            allowlist: Some(b.allowlist_origin.clone()),
+            msrs: Some(b.allowlist.len()),
+            writable: Some(b.allowlist.writable_count()),
+            digest: Some(b.allowlist.digest()),
+            skipped: b.skipped,
+            warnings: b.warnings,
+            error: None,
+        },
         Err(e) => {
-            line(&mut h, format!("backend         none: {e}"));
-            (json!({"backend": null, "error": e.to_string()}), EXIT_USAGE)
+            let error = Some(chain(&e));
+            let skipped = match e {
+                msr_backend::Error::NoBackend(n) => n.skipped,
+                _ => Vec::new(),
+            };
+            BackendInfo {
+                backend: None,
+                device: None,
+                allowlist: None,
+                msrs: None,
+                writable: None,
+                digest: None,
+                skipped,
+                warnings: Vec::new(),
+                error,
+            }
         }
     };
-    let j = json!({
-        "command": "info", "ok": code == EXIT_OK, "host": hostname(), "root": shown(node.root()),
-        "cpu": cpu.as_ref().ok(), "online_cpus": online.as_ref().ok().map(|c| format_cpu_list(c)),
-        "kernel": node.kernel_release(), "msr_safe": node.msr_safe_version(), "lockdown": node.lockdown(),
-        "shipped_allowlist": selected.and_then(|s| s.ok()), "backend": backend_json,
-    });
-    Ok(Outcome::new(code, j, h))
+    Ok(InfoReport {
+        host: hostname(),
+        root: shown(node.root()),
+        cpu,
+        online_cpus: online.as_ref().map(|c| format_cpu_list(c)),
+        kernel: node.kernel_release(),
+        msr_safe: node.msr_safe_version(),
+        lockdown: node.lockdown(),
+        shipped_allowlist: shipped,
+        backend,
+        problems,
+    })
 }

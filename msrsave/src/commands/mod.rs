@@ -1,71 +1,52 @@
-//! One module per subcommand. Each returns an [`Outcome`]: a JSON object for tools, text for
-//! people, and the exit status.
+//! One module per subcommand. Each returns a typed report ([`crate::output::Report`]), turned
+//! into an [`Outcome`] by [`dispatch`].
 
-mod allowlist;
-mod demo;
-mod files;
-mod info;
-mod job;
-mod node_ops;
+pub mod allowlist;
+pub mod config;
+pub mod demo;
+pub mod files;
+pub mod info;
+pub mod job;
+pub mod node_ops;
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use msr_backend::config::Config;
-use msr_backend::device::select::{open_backend, BackendRequest, OpenBackend};
-use msr_backend::device::BackendKind;
+use msr_backend::device::select::OpenBackend;
 use msr_backend::node::Node;
-use serde_json::Value;
+use msr_backend::operations::Setup;
 
-use crate::cli::{BackendArg, Cli, Command, GlobalArgs};
-
-/// What a command produced.
-pub struct Outcome {
-    pub code: u8,
-    pub json: Value,
-    pub human: String,
-}
-
-impl Outcome {
-    pub fn new(code: u8, json: Value, human: String) -> Outcome {
-        Outcome { code, json, human }
-    }
-
-    pub fn print(&self, json: bool) {
-        if json {
-            println!("{}", self.json);
-        } else {
-            print!("{}", self.human);
-            if !self.human.ends_with('\n') && !self.human.is_empty() {
-                println!();
-            }
-        }
-    }
-}
+use crate::cli::{AllowlistCommand, Cli, Command, ConfigCommand, GlobalArgs};
+use crate::output::Outcome;
 
 /// The command's name as JSON reports and error messages give it.
-pub fn name(command: &Command) -> &'static str {
-    match command {
+pub fn name(command: &Command) -> String {
+    let sub = match command {
         Command::Save { .. } => "save",
         Command::Restore { .. } => "restore",
         Command::Check { .. } => "check",
         Command::Diff { .. } => "diff",
         Command::Show { .. } => "show",
         Command::Allowlist(a) => match a {
-            crate::cli::AllowlistCommand::Show { .. } => "allowlist show",
-            crate::cli::AllowlistCommand::Select => "allowlist select",
-            crate::cli::AllowlistCommand::Load { .. } => "allowlist load",
-            crate::cli::AllowlistCommand::Lint { .. } => "allowlist lint",
+            AllowlistCommand::Show { .. } => "allowlist show",
+            AllowlistCommand::Select => "allowlist select",
+            AllowlistCommand::Load { .. } => "allowlist load",
+            AllowlistCommand::Lint { .. } => "allowlist lint",
         },
         Command::Info => "info",
         Command::Emulate { .. } => "emulate",
         Command::Demo { .. } => "demo",
+        Command::Config(c) => match c {
+            ConfigCommand::Show => "config show",
+            ConfigCommand::Get { .. } => "config get",
+        },
         Command::Job(j) => job::name(j),
-    }
+    };
+    sub.to_string()
 }
 
-/// Global options merged over the configuration file.
+/// The configuration in force (file, then `--set`, then the global options) and the node.
 pub struct Context {
     pub config: Config,
     pub node: Node,
@@ -77,13 +58,9 @@ impl Context {
             Some(p) => Config::load(p)?,
             None => Config::load_default()?,
         };
+        config.apply_overrides(&global.settings, "--set")?;
         if let Some(b) = global.backend {
-            config.backend = match b {
-                BackendArg::Auto => None,
-                BackendArg::Batch => Some(BackendKind::Batch),
-                BackendArg::Safe => Some(BackendKind::Safe),
-                BackendArg::Msr => Some(BackendKind::Msr),
-            };
+            config.backend = b;
         }
         if let Some(a) = &global.allowlist {
             config.allowlist = Some(a.clone());
@@ -104,16 +81,18 @@ impl Context {
         Ok(Context { config, node })
     }
 
-    pub fn request(&self) -> BackendRequest {
-        BackendRequest {
-            kind: self.config.backend,
-            allowlist: self.config.allowlist.clone(),
-            allowlist_dirs: self.config.allowlist_dirs.clone(),
+    pub fn setup(&self) -> Setup {
+        Setup {
+            node: self.node.clone(),
+            ..Setup::from_config(&self.config)
         }
     }
 
-    pub fn open(&self) -> Result<OpenBackend> {
-        open_backend(&self.node, &self.request()).context("cannot open an MSR backend")
+    /// Open the backend for reading, or writing too.
+    pub fn open(&self, write: bool) -> Result<OpenBackend> {
+        self.setup()
+            .open(write)
+            .context("cannot open an MSR backend")
     }
 }
 
@@ -126,20 +105,22 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
             cpus,
             cpu_model,
             vendor,
-        } => demo::emulate(&cli.global, dir, *cpus, cpu_model, vendor),
-        Command::Demo { cpus, keep } => demo::demo(*cpus, keep.as_deref()),
+        } => demo::emulate(&cli.global, dir, *cpus, cpu_model, vendor).map(Outcome::of),
+        Command::Demo { cpus, keep } => demo::demo(*cpus, keep.as_deref()).map(Outcome::of),
         Command::Diff {
             a,
             b,
             writable_only,
-        } => files::diff(a, b, *writable_only),
-        Command::Show { file, cpu } => files::show(file, *cpu),
-        Command::Save { file, job_id } => node_ops::save(&ctx()?, file, job_id.as_deref()),
+        } => files::diff(a, b, *writable_only).map(Outcome::of),
+        Command::Show { file, cpu } => files::show(file, *cpu).map(Outcome::of),
+        Command::Save { file, job_id } => {
+            node_ops::save(&ctx()?, file, job_id.as_deref()).map(Outcome::of)
+        }
         Command::Restore {
             file,
             dry_run,
             allow_foreign_host,
-        } => node_ops::restore(&ctx()?, file, *dry_run, *allow_foreign_host),
+        } => node_ops::restore(&ctx()?, file, *dry_run, *allow_foreign_host).map(Outcome::of),
         Command::Check {
             file,
             all_bits,
@@ -151,24 +132,16 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
             *all_bits,
             prometheus.as_deref(),
             *allow_foreign_host,
-        ),
+        )
+        .map(Outcome::of),
         Command::Allowlist(a) => allowlist::run(&ctx()?, a),
-        Command::Info => info::info(&ctx()?),
+        Command::Info => info::info(&ctx()?).map(Outcome::of),
+        Command::Config(c) => config::run(&ctx()?, c),
         Command::Job(j) => job::run(&ctx()?, j),
     }
-}
-
-/// Milliseconds, for reports.
-pub fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// A path for messages.
 pub fn shown(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// Append a line to a report.
-pub fn line(out: &mut String, text: impl AsRef<str>) {
-    let _ = writeln!(out, "{}", text.as_ref());
 }

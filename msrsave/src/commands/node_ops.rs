@@ -1,136 +1,131 @@
-//! `save`, `restore` and `check`: the commands that touch a node's registers.
+//! `save`, `restore` and `check`: the commands that touch a node's registers, each one whole
+//! operation of [`msr_backend::operations`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use msr_backend::node::{format_cpu_list, hostname};
+use msr_backend::device::BackendKind;
+use msr_backend::finding::Finding;
+use msr_backend::fsio::write_atomically;
+use msr_backend::operations::{self, Fit};
 use msr_backend::plan::{DriftBits, MaskChange};
-use msr_backend::restore::{self, CheckReport, RegisterFailure, RestoreReport};
-use msr_backend::savefile::{write_atomically, SaveFile, SaveMeta};
-use msr_backend::snapshot::Snapshot;
-use msr_backend::CpuId;
-use serde_json::json;
+use msr_backend::restore::{CheckReport, MsrChange, RestoreReport};
+use msr_backend::savefile::Origin;
+use msr_backend::types::format_cpu_list;
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{line, ms, shown, Context, Outcome};
-use crate::{EXIT_FAILED, EXIT_OK};
+use super::{shown, Context};
+use crate::output::{line, ms, ExitStatus, Report};
 
 /// Mode of the Prometheus textfile: node_exporter runs as its own user.
 const PROMETHEUS_FILE_MODE: u32 = 0o644;
+/// How many registers a readable report names before "and N more (see --format json)".
+const SHOWN: usize = 50;
 
-pub fn save(ctx: &Context, file: &Path, job_id: Option<&str>) -> Result<Outcome> {
-    let start = Instant::now();
-    let backend = ctx.open()?;
-    let cpu = ctx.node.cpu_identity()?;
-    let snapshot = Snapshot::take(
-        backend.device.as_ref(),
-        backend.allowlist.clone(),
-        &backend.online,
-    )
-    .context("snapshot failed")?;
-    let read_time = start.elapsed();
-    let mut meta = SaveMeta::now(
-        hostname(),
-        cpu,
-        ctx.node.kernel_release(),
-        backend.device.kind(),
-    );
-    meta.job_id = job_id.map(str::to_string);
-    meta.msr_safe = ctx.node.msr_safe_version();
-    let save = SaveFile { meta, snapshot };
-    save.store(file)?;
-    let elapsed = start.elapsed();
-    let s = &save.snapshot;
-    let unreadable = s.unreadable();
-    let mut human = String::new();
-    line(
-        &mut human,
-        format!(
-            "saved {} MSRs x {} CPUs ({} registers, {} unreadable) to {} in {:.1} ms (read {:.1} ms, backend {}, allowlist {})",
-            s.allowlist.len(),
-            s.cpus.len(),
-            s.values.len(),
-            unreadable,
-            shown(file),
-            ms(elapsed),
-            ms(read_time),
-            backend.device.kind(),
-            backend.allowlist_origin
-        ),
-    );
-    for w in &backend.warnings {
-        line(&mut human, format!("warning: {w}"));
-    }
-    let unreadable_by_code = count_codes(s);
-    if unreadable > 0 {
-        line(&mut human, format!("unreadable registers by error: {unreadable_by_code:?} (recorded as such; they are not restored)"));
-    }
-    Ok(Outcome::new(
-        EXIT_OK,
-        json!({
-            "command": "save", "ok": true, "file": shown(file), "backend": backend.device.kind(),
-            "allowlist": backend.allowlist_origin, "cpus": s.cpus.len(), "cpu_list": format_cpu_list(&s.cpus),
-            "msrs": s.allowlist.len(), "registers": s.values.len(), "unreadable": unreadable,
-            "unreadable_by_error": unreadable_by_code, "elapsed_ms": ms(elapsed), "read_ms": ms(read_time),
-            "warnings": backend.warnings,
-        }),
-        human,
-    ))
+/// `save`: what was saved.
+#[derive(Serialize, JsonSchema)]
+pub struct SaveReport {
+    pub file: String,
+    pub backend: BackendKind,
+    /// Where the allowlist came from.
+    pub allowlist: String,
+    pub cpus: usize,
+    pub cpu_list: String,
+    pub msrs: usize,
+    pub registers: usize,
+    pub unreadable: usize,
+    /// Unreadable registers by error code.
+    pub unreadable_by_error: BTreeMap<String, usize>,
+    /// The file's size.
+    pub bytes: u64,
+    pub elapsed_ms: f64,
+    /// The register reads alone.
+    pub read_ms: f64,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
 }
 
-fn count_codes(s: &Snapshot) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for v in &s.values {
-        if let Err(e) = v {
-            *m.entry(e.code()).or_insert(0) += 1;
+impl Report for SaveReport {
+    const COMMAND: &'static str = "save";
+    fn status(&self) -> ExitStatus {
+        ExitStatus::Ok
+    }
+    fn text(&self) -> String {
+        let mut h = String::new();
+        line(
+            &mut h,
+            format!(
+                "saved {} MSRs x {} CPUs ({} registers, {} unreadable) to {} ({} bytes) in {:.1} ms (read {:.1} ms, backend {}, allowlist {})",
+                self.msrs, self.cpus, self.registers, self.unreadable, self.file, self.bytes,
+                self.elapsed_ms, self.read_ms, self.backend, self.allowlist
+            ),
+        );
+        for w in &self.warnings {
+            line(&mut h, format!("warning: {w}"));
         }
+        for n in &self.notes {
+            line(&mut h, format!("note: {n}"));
+        }
+        if self.unreadable > 0 {
+            line(
+                &mut h,
+                format!(
+                    "unreadable registers by error: {:?} (recorded as such; they are not restored)",
+                    self.unreadable_by_error
+                ),
+            );
+        }
+        h
     }
-    m
-}
-
-/// Load a save file and check that it belongs to this node, before any register is touched.
-fn load_for_node(ctx: &Context, file: &Path, allow_foreign_host: bool) -> Result<SaveFile> {
-    let save = SaveFile::load(file)?;
-    if !allow_foreign_host {
-        save.check_host(file, &hostname())?;
-    }
-    let cpu = ctx.node.cpu_identity()?;
-    anyhow::ensure!(
-        save.meta.cpu == cpu,
-        "save file {} was taken on a {}, this node is a {}; refusing to restore another CPU model's registers. Nothing was written to any register",
-        shown(file),
-        save.meta.cpu,
-        cpu
-    );
-    Ok(save)
-}
-
-fn label(cpu: CpuId, msr: Option<msr_backend::MsrAddr>, name: &Option<String>) -> String {
-    match (msr, name) {
-        (Some(m), Some(n)) => format!("CPU {cpu} MSR {m} {n}"),
-        (Some(m), None) => format!("CPU {cpu} MSR {m}"),
-        (None, _) => format!("CPU {cpu}"),
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("file", self.file.clone()),
+            ("registers", self.registers.to_string()),
+            ("unreadable", self.unreadable.to_string()),
+        ]
     }
 }
 
-fn failure_lines(out: &mut String, failures: &[RegisterFailure]) {
-    const SHOWN: usize = 50;
+pub fn save(ctx: &Context, file: &Path, job_id: Option<&str>) -> Result<SaveReport> {
+    let backend = ctx.open(false)?;
+    let saved = operations::save(&backend, file, job_id).context("save failed")?;
+    let s = &saved.file.snapshot;
+    let mut by_error = BTreeMap::new();
+    for (_, e) in s.errors() {
+        *by_error.entry(e.code()).or_insert(0) += 1;
+    }
+    Ok(SaveReport {
+        file: shown(file),
+        backend: backend.device.kind(),
+        allowlist: backend.allowlist_origin.clone(),
+        cpus: s.cpus.len(),
+        cpu_list: format_cpu_list(&s.cpus),
+        msrs: s.allowlist.len(),
+        registers: s.len(),
+        unreadable: s.unreadable(),
+        unreadable_by_error: by_error,
+        bytes: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+        elapsed_ms: ms(saved.elapsed),
+        read_ms: ms(saved.read_elapsed),
+        warnings: backend.warnings.clone(),
+        notes: saved.stale_temps.iter().map(|t| t.to_string()).collect(),
+    })
+}
+
+fn failure_lines(out: &mut String, failures: &[Finding], total: usize) {
     for f in failures.iter().take(SHOWN) {
+        line(out, format!("  FAILED {f}"));
+    }
+    if total > SHOWN.min(failures.len()) {
         line(
             out,
             format!(
-                "  FAILED {:?} {}: {}",
-                f.stage,
-                label(f.cpu, f.msr, &f.name),
-                f.error
+                "  ... and {} more (see --format json)",
+                total - SHOWN.min(failures.len())
             ),
-        );
-    }
-    if failures.len() > SHOWN {
-        line(
-            out,
-            format!("  ... and {} more (see --json)", failures.len() - SHOWN),
         );
     }
 }
@@ -160,149 +155,201 @@ fn mask_change_lines(out: &mut String, changes: &[MaskChange]) {
     }
 }
 
+fn change_lines(out: &mut String, what: &str, changes: &[MsrChange]) {
+    if changes.is_empty() {
+        return;
+    }
+    line(out, format!("{what}, per MSR:"));
+    for c in changes.iter().take(SHOWN) {
+        line(out, format!("  {c}"));
+    }
+}
+
+/// `restore`: what was written, verified, and not.
+#[derive(Serialize, JsonSchema)]
+pub struct RestoreOutput {
+    pub file: String,
+    /// `llnl-raw` for LLNL msrsave's format, else `msr-restore`.
+    pub format: String,
+    pub backend: BackendKind,
+    pub cpus: usize,
+    pub elapsed_ms: f64,
+    pub warnings: Vec<String>,
+    #[serde(flatten)]
+    pub report: RestoreReport,
+}
+
+impl Report for RestoreOutput {
+    const COMMAND: &'static str = "restore";
+    fn status(&self) -> ExitStatus {
+        if self.report.ok() {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
+    fn text(&self) -> String {
+        let r = &self.report;
+        let mut h = String::new();
+        let verb = if r.dry_run { "would write" } else { "wrote" };
+        line(
+            &mut h,
+            format!(
+                "restore from {} ({} CPUs, backend {}{}): {verb} {} registers, {} verified, {} already right, {} unreadable at save; {:.1} ms",
+                self.file,
+                self.cpus,
+                self.backend,
+                if self.format == LLNL_FORMAT { ", LLNL msrsave's format" } else { "" },
+                r.written,
+                r.verified,
+                r.unchanged,
+                r.unreadable_at_save,
+                self.elapsed_ms
+            ),
+        );
+        let listed = if r.dry_run { 200 } else { 20 };
+        for w in r.writes.iter().take(listed) {
+            line(
+                &mut h,
+                format!(
+                    "  CPU {} MSR {}{}: {} -> {} (mask {})",
+                    w.cpu,
+                    w.msr,
+                    w.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+                    w.before,
+                    w.after,
+                    w.mask
+                ),
+            );
+        }
+        if r.written > listed.min(r.writes.len()) {
+            line(
+                &mut h,
+                format!(
+                    "  ... and {} more (see --format json)",
+                    r.written - listed.min(r.writes.len())
+                ),
+            );
+        }
+        change_lines(&mut h, "found changed before the restore", &r.changed);
+        mask_change_lines(&mut h, &r.mask_changes);
+        if !r.new_cpus.is_empty() {
+            line(
+                &mut h,
+                format!(
+                    "note: CPUs {} are online but not in the save file: left alone",
+                    format_cpu_list(&r.new_cpus)
+                ),
+            );
+        }
+        for w in &self.warnings {
+            line(&mut h, format!("warning: {w}"));
+        }
+        if !r.ok() {
+            line(
+                &mut h,
+                format!("{} register(s) or CPU(s) were NOT restored:", r.failed),
+            );
+            failure_lines(&mut h, &r.failures, r.failed);
+        }
+        h
+    }
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("written", self.report.written.to_string()),
+            ("verified", self.report.verified.to_string()),
+            ("failed", self.report.failed.to_string()),
+        ]
+    }
+}
+
+/// What `restore` reports as the format of an LLNL msrsave file.
+pub const LLNL_FORMAT: &str = "llnl-raw";
+
 pub fn restore(
     ctx: &Context,
     file: &Path,
     dry_run: bool,
     allow_foreign_host: bool,
-) -> Result<Outcome> {
+) -> Result<RestoreOutput> {
     let start = Instant::now();
-    let save = load_for_node(ctx, file, allow_foreign_host)?;
-    let backend = ctx.open()?;
-    let report = restore::restore(
-        backend.device.as_ref(),
-        &save.snapshot,
-        &backend.allowlist,
-        &backend.online,
-        dry_run,
-    );
-    let elapsed = start.elapsed();
-    let report: RestoreReport = match report {
-        Ok(r) => r,
-        Err(e) => {
-            // The device failed as a whole part-way: some registers may have been written.
-            let msg = format!("restore from {} stopped: {e}", shown(file));
-            return Ok(Outcome::new(
-                EXIT_FAILED,
-                json!({"command": "restore", "ok": false, "file": shown(file), "error": msg}),
-                format!("msrsave restore: FAILED: {msg}\n"),
-            ));
-        }
-    };
-    let ok = report.ok();
-    let mut human = String::new();
-    let verb = if dry_run { "would write" } else { "wrote" };
-    line(
-        &mut human,
+    let backend = ctx.open(!dry_run)?;
+    let saved =
+        operations::load_for_node(file, Origin::Named, &backend, Fit { allow_foreign_host })?;
+    let report = operations::restore(&backend, &saved, dry_run).with_context(|| {
         format!(
-            "restore from {} ({} CPUs, backend {}): {verb} {} registers, {} verified, {} already right, {} unreadable at save; {:.1} ms",
-            shown(file),
-            save.snapshot.cpus.len(),
-            backend.device.kind(),
-            report.written,
-            report.verified,
-            report.unchanged,
-            report.unreadable_at_save,
-            ms(elapsed)
-        ),
-    );
-    for w in report.writes.iter().take(if dry_run { 200 } else { 20 }) {
-        line(
-            &mut human,
-            format!(
-                "  {}: {} -> {} (mask {})",
-                label(w.cpu, Some(w.msr), &w.name),
-                w.before,
-                w.after,
-                w.mask
-            ),
-        );
-    }
-    if report.writes.len() > 20 && !dry_run {
-        line(
-            &mut human,
-            format!("  ... and {} more (see --json)", report.writes.len() - 20),
-        );
-    }
-    mask_change_lines(&mut human, &report.mask_changes);
-    if !report.new_cpus.is_empty() {
-        line(
-            &mut human,
-            format!(
-                "note: CPUs {} are online but not in the save file: left alone",
-                format_cpu_list(&report.new_cpus)
-            ),
-        );
-    }
-    for w in &backend.warnings {
-        line(&mut human, format!("warning: {w}"));
-    }
-    if !ok {
-        line(
-            &mut human,
-            format!(
-                "{} register(s) or CPU(s) were NOT restored:",
-                report.failures.len()
-            ),
-        );
-        failure_lines(&mut human, &report.failures);
-    }
-    let mut j = serde_json::to_value(&report)?;
-    if let Some(o) = j.as_object_mut() {
-        o.insert("command".into(), json!("restore"));
-        o.insert("ok".into(), json!(ok));
-        o.insert("file".into(), json!(shown(file)));
-        o.insert("backend".into(), json!(backend.device.kind()));
-        o.insert("elapsed_ms".into(), json!(ms(elapsed)));
-    }
-    Ok(Outcome::new(
-        if ok { EXIT_OK } else { EXIT_FAILED },
-        j,
-        human,
-    ))
+            "restore from {} stopped; some registers may have been written",
+            shown(file)
+        )
+    })?;
+    Ok(RestoreOutput {
+        file: shown(file),
+        format: if saved.meta.is_none() {
+            LLNL_FORMAT
+        } else {
+            "msr-restore"
+        }
+        .to_string(),
+        backend: backend.device.kind(),
+        cpus: saved.snapshot.cpus.len(),
+        elapsed_ms: ms(start.elapsed()),
+        warnings: backend.warnings.clone(),
+        report,
+    })
 }
 
-/// The check report as JSON and text; shared with `job end`.
-pub fn check_outcome(
-    file: &Path,
-    report: &CheckReport,
-    elapsed_ms: f64,
-) -> Result<(serde_json::Value, String)> {
-    let clean = report.clean();
-    let mut human = String::new();
-    line(&mut human, report.summary());
-    const SHOWN: usize = 50;
-    for d in report.drift.iter().take(SHOWN) {
-        line(
-            &mut human,
-            format!(
-                "  DRIFT {}: expected {} actual {} changed bits {}",
-                label(d.cpu, Some(d.msr), &d.name),
-                d.expected,
-                d.actual,
-                d.changed_bits
-            ),
-        );
+/// `check`: how the node compares with a snapshot or baseline.
+#[derive(Serialize, JsonSchema)]
+pub struct CheckOutput {
+    pub file: String,
+    /// True when nothing drifted and nothing failed.
+    pub clean: bool,
+    /// One line fit for a log or a drain reason.
+    pub summary: String,
+    pub elapsed_ms: f64,
+    #[serde(flatten)]
+    pub report: CheckReport,
+}
+
+impl Report for CheckOutput {
+    const COMMAND: &'static str = "check";
+    fn status(&self) -> ExitStatus {
+        if self.clean {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
     }
-    if report.drift.len() > SHOWN {
-        line(
-            &mut human,
-            format!("  ... and {} more (see --json)", report.drift.len() - SHOWN),
-        );
+    fn text(&self) -> String {
+        let r = &self.report;
+        let mut h = String::new();
+        line(&mut h, &self.summary);
+        for d in r.drift.iter().take(SHOWN) {
+            line(&mut h, format!("  DRIFT {d}"));
+        }
+        if r.drifted > SHOWN.min(r.drift.len()) {
+            line(
+                &mut h,
+                format!(
+                    "  ... and {} more (see --format json)",
+                    r.drifted - SHOWN.min(r.drift.len())
+                ),
+            );
+        }
+        if r.drifted > SHOWN {
+            change_lines(&mut h, "drift", &r.changed);
+        }
+        failure_lines(&mut h, &r.failures, r.failed);
+        mask_change_lines(&mut h, &r.mask_changes);
+        h
     }
-    failure_lines(&mut human, &report.failures);
-    mask_change_lines(&mut human, &report.mask_changes);
-    let mut j = serde_json::to_value(report)?;
-    if let Some(o) = j.as_object_mut() {
-        o.insert("command".into(), json!("check"));
-        o.insert("ok".into(), json!(clean));
-        o.insert("clean".into(), json!(clean));
-        o.insert("drifted".into(), json!(report.drift.len()));
-        o.insert("summary".into(), json!(report.summary()));
-        o.insert("file".into(), json!(shown(file)));
-        o.insert("elapsed_ms".into(), json!(elapsed_ms));
+    fn shell(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("drifted", self.report.drifted.to_string()),
+            ("failed", self.report.failed.to_string()),
+            ("summary", self.summary.clone()),
+        ]
     }
-    Ok((j, human))
 }
 
 pub fn check(
@@ -311,31 +358,34 @@ pub fn check(
     all_bits: bool,
     prometheus: Option<&Path>,
     allow_foreign_host: bool,
-) -> Result<Outcome> {
+) -> Result<CheckOutput> {
     let start = Instant::now();
-    let save = load_for_node(ctx, file, allow_foreign_host)?;
-    let backend = ctx.open()?;
+    let backend = ctx.open(false)?;
+    let saved =
+        operations::load_for_node(file, Origin::Named, &backend, Fit { allow_foreign_host })?;
     let bits = if all_bits {
         DriftBits::All
     } else {
         DriftBits::Writable
     };
-    let report = restore::check(
-        backend.device.as_ref(),
-        &save.snapshot,
-        &backend.allowlist,
-        &backend.online,
-        bits,
-    )?;
-    let (j, human) = check_outcome(file, &report, ms(start.elapsed()))?;
+    let report = operations::check(&backend, &saved, bits)?;
     if let Some(p) = prometheus {
         write_prometheus(p, file, &report)?;
     }
-    Ok(Outcome::new(
-        if report.clean() { EXIT_OK } else { EXIT_FAILED },
-        j,
-        human,
-    ))
+    Ok(CheckOutput {
+        file: shown(file),
+        clean: report.clean(),
+        summary: report.summary(),
+        elapsed_ms: ms(start.elapsed()),
+        report,
+    })
+}
+
+/// Escape a Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// node_exporter textfile-collector metrics for one check.
@@ -344,29 +394,22 @@ fn write_prometheus(path: &Path, snapshot: &Path, report: &CheckReport) -> Resul
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let mut cpus: Vec<CpuId> = report.drift.iter().map(|d| d.cpu).collect();
-    cpus.sort_unstable();
-    cpus.dedup();
-    let snap = snapshot
-        .display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
+    let snap = label(&snapshot.display().to_string());
     let metrics: [(&str, &str, f64); 6] = [
         (
             "msr_restore_drift_registers",
             "Registers whose compared bits differ from the snapshot.",
-            report.drift.len() as f64,
+            report.drifted as f64,
         ),
         (
             "msr_restore_drift_cpus",
             "CPUs with at least one drifted register.",
-            cpus.len() as f64,
+            report.drifted_cpus as f64,
         ),
         (
             "msr_restore_check_failures",
             "Registers or CPUs that could not be checked.",
-            report.failures.len() as f64,
+            report.failed as f64,
         ),
         (
             "msr_restore_check_registers",
@@ -388,6 +431,19 @@ fn write_prometheus(path: &Path, snapshot: &Path, report: &CheckReport) -> Resul
     for (name, help, value) in metrics {
         text.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{snapshot=\"{snap}\"}} {value}\n"
+        ));
+    }
+    // Per MSR: which registers drift, on how many CPUs.
+    let name = "msr_restore_drift_msr_cpus";
+    text.push_str(&format!(
+        "# HELP {name} CPUs on which an MSR differs from the snapshot.\n# TYPE {name} gauge\n"
+    ));
+    for c in &report.changed {
+        text.push_str(&format!(
+            "{name}{{snapshot=\"{snap}\",msr=\"{}\",msr_name=\"{}\"}} {}\n",
+            c.msr,
+            label(c.name.as_deref().unwrap_or("")),
+            c.cpus
         ));
     }
     write_atomically(path, text.as_bytes(), PROMETHEUS_FILE_MODE)?;

@@ -1,0 +1,289 @@
+//! What an operation found about a register or a CPU: one type for every problem a restore, a
+//! check or a job end reports, rendered once for people (the CLI, the SPANK log, drain reasons)
+//! and once for tools (JSON).
+
+use std::fmt;
+
+use serde::ser::SerializeStruct;
+use serde::Serialize;
+
+use crate::device::OpError;
+use crate::types::{CpuId, Hex64, MsrAddr};
+
+/// Where in an operation a register failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The CPU is no longer online.
+    Offline,
+    /// Reading the register's current value failed.
+    Read,
+    /// Writing the saved bits failed.
+    Write,
+    /// Reading back what was written failed, or it did not hold.
+    Verify,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Offline => "offline",
+            Stage::Read => "read failed",
+            Stage::Write => "write failed",
+            Stage::Verify => "verify failed",
+        })
+    }
+}
+
+/// The problem itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The CPU is in the snapshot but not online now: its registers were skipped.
+    Offline,
+    /// An op failed.
+    Failed { stage: Stage, error: OpError },
+    /// A written register reads back other writable bits than were written.
+    Mismatch { wrote: u64, read: u64, bits: u64 },
+    /// The compared bits differ from the snapshot.
+    Drift {
+        expected: u64,
+        actual: u64,
+        bits: u64,
+    },
+}
+
+/// The code a tool matches on, one per kind of problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    Offline,
+    /// An errno (`EIO`, `ENXIO`, ...) or our guard's refusal (`NOT_ALLOWLISTED`, `OUTSIDE_MASK`).
+    Op(OpError),
+    Mismatch,
+    Drift,
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Code::Offline => f.write_str("OFFLINE"),
+            Code::Op(e) => f.write_str(&e.code()),
+            Code::Mismatch => f.write_str("MISMATCH"),
+            Code::Drift => f.write_str("DRIFT"),
+        }
+    }
+}
+
+/// One register (or a whole CPU) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub cpu: CpuId,
+    /// `None`: the whole CPU.
+    pub msr: Option<MsrAddr>,
+    /// The register's name, when known (`IA32_PERF_CTL`).
+    pub name: Option<String>,
+    pub problem: Problem,
+}
+
+impl Finding {
+    pub fn offline(cpu: CpuId) -> Finding {
+        Finding {
+            cpu,
+            msr: None,
+            name: None,
+            problem: Problem::Offline,
+        }
+    }
+
+    pub fn failed(
+        cpu: CpuId,
+        msr: MsrAddr,
+        name: Option<String>,
+        stage: Stage,
+        error: OpError,
+    ) -> Finding {
+        Finding {
+            cpu,
+            msr: Some(msr),
+            name,
+            problem: Problem::Failed { stage, error },
+        }
+    }
+
+    pub fn stage(&self) -> Option<Stage> {
+        match self.problem {
+            Problem::Offline => Some(Stage::Offline),
+            Problem::Failed { stage, .. } => Some(stage),
+            Problem::Mismatch { .. } => Some(Stage::Verify),
+            Problem::Drift { .. } => None,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self.problem {
+            Problem::Offline => Code::Offline,
+            Problem::Failed { error, .. } => Code::Op(error),
+            Problem::Mismatch { .. } => Code::Mismatch,
+            Problem::Drift { .. } => Code::Drift,
+        }
+    }
+
+    pub fn is_drift(&self) -> bool {
+        matches!(self.problem, Problem::Drift { .. })
+    }
+
+    /// `CPU 3 MSR 0x00000199 (IA32_PERF_CTL)`, or `CPU 3` for a whole CPU.
+    pub fn register(&self) -> String {
+        let mut s = format!("CPU {}", self.cpu);
+        if let Some(m) = self.msr {
+            s.push_str(&format!(" MSR {m}"));
+        }
+        if let Some(n) = &self.name {
+            s.push_str(&format!(" ({n})"));
+        }
+        s
+    }
+
+    /// What is wrong, without the register.
+    pub fn detail(&self) -> String {
+        match self.problem {
+            Problem::Offline => {
+                "in the save file but not online now; its registers were skipped".to_string()
+            }
+            Problem::Failed { stage, error } => format!("{stage}: {error}"),
+            Problem::Mismatch { wrote, read, bits } => format!(
+                "verify failed: reads back {} after writing {}: writable bits {} differ",
+                Hex64(read),
+                Hex64(wrote),
+                Hex64(bits)
+            ),
+            Problem::Drift {
+                expected,
+                actual,
+                bits,
+            } => format!(
+                "expected {} found {} (bits {})",
+                Hex64(expected),
+                Hex64(actual),
+                Hex64(bits)
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.register(), self.detail())
+    }
+}
+
+/// JSON: `cpu`, `msr`, `name`, `code`, `error` (the detail in words), and `stage` for failures or
+/// `expected`, `actual`, `changed_bits` for drift.
+impl Serialize for Finding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Finding", 8)?;
+        st.serialize_field("cpu", &self.cpu)?;
+        st.serialize_field("msr", &self.msr)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("code", &self.code().to_string())?;
+        match self.problem {
+            Problem::Drift {
+                expected,
+                actual,
+                bits,
+            } => {
+                st.serialize_field("expected", &Hex64(expected))?;
+                st.serialize_field("actual", &Hex64(actual))?;
+                st.serialize_field("changed_bits", &Hex64(bits))?;
+            }
+            _ => {
+                st.serialize_field("stage", &self.stage())?;
+                st.serialize_field("error", &self.detail())?;
+            }
+        }
+        st.end()
+    }
+}
+
+impl schemars::JsonSchema for Finding {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Finding".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let cpu = g.subschema_for::<CpuId>();
+        let msr = g.subschema_for::<Option<MsrAddr>>();
+        let hex = g.subschema_for::<Hex64>();
+        let stage = g.subschema_for::<Option<Stage>>();
+        schemars::json_schema!({
+            "type": "object",
+            "description": "A register (msr null: a whole CPU) and what is wrong with it: a failure (stage, error) or drift (expected, actual, changed_bits).",
+            "properties": {
+                "cpu": cpu,
+                "msr": msr,
+                "name": {"type": ["string", "null"], "description": "the register's name, when known"},
+                "code": {"type": "string", "description": "errno name (EIO, ENXIO, ...), NOT_ALLOWLISTED, OUTSIDE_MASK, OFFLINE, MISMATCH or DRIFT"},
+                "stage": stage,
+                "error": {"type": "string", "description": "what went wrong, in words (failures)"},
+                "expected": hex,
+                "actual": hex,
+                "changed_bits": hex
+            },
+            "required": ["cpu", "msr", "name", "code"]
+        })
+    }
+}
+
+/// Up to `shown` findings, then "and N more" (for one-line messages).
+pub fn name_registers(findings: &[Finding], shown: usize) -> String {
+    let mut parts: Vec<String> = findings.iter().take(shown).map(|f| f.to_string()).collect();
+    if findings.len() > shown {
+        parts.push(format!("and {} more", findings.len() - shown));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    #[test]
+    fn one_rendering_for_people_and_one_for_tools() {
+        let f = Finding::failed(
+            CpuId(3),
+            MsrAddr(0x199),
+            Some("IA32_PERF_CTL".into()),
+            Stage::Write,
+            OpError::Errno(Errno::EIO),
+        );
+        assert_eq!(f.code().to_string(), "EIO");
+        assert!(f
+            .to_string()
+            .starts_with("CPU 3 MSR 0x00000199 (IA32_PERF_CTL): write failed: EIO"));
+        let j = serde_json::to_value(&f).unwrap();
+        assert_eq!(j["msr"], "0x00000199");
+        assert_eq!(j["stage"], "write");
+        assert_eq!(j["code"], "EIO");
+        let d = Finding {
+            cpu: CpuId(1),
+            msr: Some(MsrAddr(0x1a0)),
+            name: None,
+            problem: Problem::Drift {
+                expected: 1,
+                actual: 3,
+                bits: 2,
+            },
+        };
+        let j = serde_json::to_value(&d).unwrap();
+        assert_eq!(j["changed_bits"], "0x0000000000000002");
+        assert_eq!(j["code"], "DRIFT");
+        assert_eq!(
+            Finding::offline(CpuId(7)).to_string(),
+            "CPU 7: in the save file but not online now; its registers were skipped"
+        );
+        let two = "CPU 1 MSR 0x000001a0: expected 0x0000000000000001 found 0x0000000000000003 (bits 0x0000000000000002)";
+        assert_eq!(
+            name_registers(&[d.clone(), d.clone(), d], 2),
+            format!("{two}; {two}; and 1 more")
+        );
+    }
+}
