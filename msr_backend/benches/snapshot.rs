@@ -78,6 +78,7 @@ fn main() {
             cpus,
             allowlist: &list,
             identity,
+            shape: None,
         },
     )
     .expect("emulate");

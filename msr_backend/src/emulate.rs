@@ -6,6 +6,9 @@
 //! DIR/dev/cpu/<N>/msr               the same file (a hard link), for the stock-driver backend
 //! DIR/dev/cpu/msr_allowlist         the loaded allowlist, in the kernel's read-back form
 //! DIR/sys/devices/system/cpu/online CPU list, e.g. 0-63
+//! DIR/sys/devices/system/cpu/cpu<N>/topology/   physical_package_id, die_id, core_id,
+//!                                   thread_siblings_list, core_cpus_list, die_cpus_list,
+//!                                   package_cpus_list (as the kernel writes them)
 //! DIR/sys/module/msr_safe/version   msr-safe's version
 //! DIR/proc/cpuinfo                  vendor_id, cpu family, model per processor
 //! DIR/proc/sys/kernel/osrelease     kernel release
@@ -15,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::allowlist::Allowlist;
+use crate::allowlist::{Allowlist, AllowlistEntry};
 use crate::error::{Error, Result};
 use crate::node::{Node, ALLOWLIST_NODE, CPUINFO, MSR_SAFE_VERSION, ONLINE_CPUS, OSRELEASE};
 use crate::types::{CpuId, CpuIdentity, MsrAddr};
@@ -28,6 +31,123 @@ pub struct EmulatedNodeSpec<'a> {
     pub cpus: u32,
     pub allowlist: &'a Allowlist,
     pub identity: CpuIdentity,
+    /// How the CPUs are laid out; `None`: one package of `cpus` single-thread cores.
+    pub shape: Option<Shape>,
+}
+
+/// The layout of an emulated node: packages (sockets), cores per package, threads per core.
+/// CPUs are numbered as Linux numbers them on most Intel servers: the first thread of every
+/// core of package 0, then of package 1, ..., then the second threads in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub packages: u32,
+    pub cores_per_package: u32,
+    pub threads_per_core: u32,
+}
+
+/// Where one CPU sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub package: u32,
+    pub core: u32,
+    pub thread: u32,
+}
+
+impl Shape {
+    pub fn flat(cpus: u32) -> Shape {
+        Shape {
+            packages: 1,
+            cores_per_package: cpus,
+            threads_per_core: 1,
+        }
+    }
+
+    pub fn cpus(&self) -> u32 {
+        self.packages
+            .saturating_mul(self.cores_per_package)
+            .saturating_mul(self.threads_per_core)
+    }
+
+    pub fn place(&self, cpu: CpuId) -> Place {
+        let per_thread = self.packages * self.cores_per_package;
+        let thread = cpu.0 / per_thread;
+        let rest = cpu.0 % per_thread;
+        Place {
+            package: rest / self.cores_per_package,
+            core: rest % self.cores_per_package,
+            thread,
+        }
+    }
+
+    /// The CPUs for which `same` holds with `cpu`'s place.
+    fn cpus_where(&self, cpu: CpuId, same: impl Fn(Place, Place) -> bool) -> Vec<CpuId> {
+        let me = self.place(cpu);
+        (0..self.cpus())
+            .map(CpuId)
+            .filter(|&c| same(self.place(c), me))
+            .collect()
+    }
+}
+
+/// How a register's value varies on a real node, as the emulated node lays it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variation {
+    /// Counters, clocks and status registers: every CPU its own.
+    PerCpu,
+    /// Package controls (RAPL, uncore): one value per package.
+    PerPackage,
+    /// Other controls: one value on the whole node, as firmware and the OS set them.
+    Node,
+}
+
+/// Counters, clocks and status registers, by name (`IA32_PMC0`, `C0_MSR_PMON_CTR1`,
+/// `MSR_PKG_ENERGY_STATUS`, `IA32_APERF`, ...): they differ on every CPU.
+fn counts_or_reports(name: &str) -> bool {
+    name.split('_').any(|tok| {
+        let digits_after = |p: &str| {
+            tok.strip_prefix(p)
+                .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit()))
+        };
+        digits_after("CTR")
+            || digits_after("PMC")
+            || matches!(
+                tok,
+                "STATUS" | "COUNTER" | "APERF" | "MPERF" | "PPERF" | "STAMP"
+            )
+    })
+}
+
+/// How `entry` varies across CPUs on the emulated node, judged by its name (the allowlist's
+/// comment, else the table's) and address.
+pub fn variation(entry: &AllowlistEntry) -> Variation {
+    let read_only = crate::msrs::is_read_only(entry.addr);
+    if read_only || entry.display_name().is_some_and(counts_or_reports) {
+        Variation::PerCpu
+    } else if (0x600..0x700).contains(&entry.addr.0) {
+        // RAPL power limits and the uncore ratio limit live in the package.
+        Variation::PerPackage
+    } else {
+        Variation::Node
+    }
+}
+
+/// The value an emulated register starts with: stable, different across addresses, and varying
+/// across CPUs as [`variation`] says.
+pub fn realistic_value(shape: &Shape, cpu: CpuId, entry: &AllowlistEntry) -> u64 {
+    let addr = entry.addr;
+    let seed = match variation(entry) {
+        Variation::PerCpu => u64::from(cpu.0) + 1,
+        Variation::PerPackage => u64::from(shape.place(cpu).package) << 32,
+        Variation::Node => 0,
+    };
+    splitmix(u64::from(addr.0) ^ seed.rotate_left(17))
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -39,21 +159,6 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
     fs::write(path, contents).map_err(io(path))
-}
-
-/// A plausible register value: stable for a given (cpu, address), different across addresses,
-/// and the same on every CPU for most registers (as package- and core-wide settings are).
-pub fn plausible_value(cpu: CpuId, addr: MsrAddr) -> u64 {
-    // splitmix64: cheap, well-spread bits.
-    let mut z = (addr.0 as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    // Every eighth register differs per CPU, like counters and per-thread state.
-    if addr.0 % 8 == 3 {
-        z ^= cpu.0 as u64;
-    }
-    z
 }
 
 /// The register file of one CPU of an emulated node.
@@ -102,10 +207,55 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
         &node.path(ALLOWLIST_NODE),
         spec.allowlist.to_kernel_text().as_bytes(),
     )?;
+    let shape = spec.shape.unwrap_or(Shape::flat(spec.cpus));
+    if shape.cpus() != spec.cpus {
+        return Err(Error::Usage(format!(
+            "{} packages x {} cores x {} threads is {} CPUs, not {}",
+            shape.packages,
+            shape.cores_per_package,
+            shape.threads_per_core,
+            shape.cpus(),
+            spec.cpus
+        )));
+    }
     write_file(
         &node.path(ONLINE_CPUS),
         format!("0-{}\n", spec.cpus - 1).as_bytes(),
     )?;
+    for cpu in (0..spec.cpus).map(CpuId) {
+        let p = shape.place(cpu);
+        let list = |same: fn(Place, Place) -> bool| {
+            format!(
+                "{}\n",
+                crate::types::format_cpu_list(&shape.cpus_where(cpu, same))
+            )
+        };
+        let files = [
+            ("physical_package_id", format!("{}\n", p.package)),
+            ("die_id", format!("{}\n", p.package)),
+            ("core_id", format!("{}\n", p.core)),
+            (
+                "thread_siblings_list",
+                list(|a, b| a.package == b.package && a.core == b.core),
+            ),
+            (
+                "core_cpus_list",
+                list(|a, b| a.package == b.package && a.core == b.core),
+            ),
+            ("die_cpus_list", list(|a, b| a.package == b.package)),
+            ("package_cpus_list", list(|a, b| a.package == b.package)),
+            ("core_siblings_list", list(|a, b| a.package == b.package)),
+        ];
+        for (name, text) in files {
+            write_file(
+                &node.path(&format!(
+                    "/sys/devices/system/cpu/cpu{}/topology/{name}",
+                    cpu.0
+                )),
+                text.as_bytes(),
+            )?;
+        }
+    }
     write_file(
         &node.path(MSR_SAFE_VERSION),
         format!("{EMULATED_MSR_SAFE_VERSION}\n").as_bytes(),
@@ -131,7 +281,7 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
         let f = File::create(&path).map_err(io(&path))?;
         for e in spec.allowlist.entries() {
             buf.clear();
-            buf.extend_from_slice(&plausible_value(cpu, e.addr).to_le_bytes());
+            buf.extend_from_slice(&realistic_value(&shape, cpu, e).to_le_bytes());
             f.write_all_at(&buf, e.addr.emulated_offset())
                 .map_err(io(&path))?;
         }
@@ -144,6 +294,54 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_number_cpus_as_linux_does() {
+        let s = Shape {
+            packages: 2,
+            cores_per_package: 4,
+            threads_per_core: 2,
+        };
+        assert_eq!(s.cpus(), 16);
+        assert_eq!(
+            s.place(CpuId(0)),
+            Place {
+                package: 0,
+                core: 0,
+                thread: 0
+            }
+        );
+        assert_eq!(
+            s.place(CpuId(5)),
+            Place {
+                package: 1,
+                core: 1,
+                thread: 0
+            }
+        );
+        assert_eq!(
+            s.place(CpuId(13)),
+            Place {
+                package: 1,
+                core: 1,
+                thread: 1
+            }
+        );
+        // Controls hold one value per package (or node), counters one per CPU.
+        let al = Allowlist::parse(
+            b"0x610 0xff # MSR_PKG_POWER_LIMIT\n0xC1 0 # IA32_PMC0\n0x1B0 0xf\n0xE01 0 # C0_MSR_PMON_CTR1\n0x38F 0 # IA32_PERF_GLOBAL_CTRL\n",
+            "t",
+        )
+        .unwrap();
+        let [pl, pmc, bias, cha, ctrl] = [0, 1, 2, 3, 4].map(|i| &al.entries()[i]);
+        let v = |cpu, e| realistic_value(&s, CpuId(cpu), e);
+        assert_eq!(v(0, pl), v(11, pl));
+        assert_ne!(v(0, pl), v(5, pl));
+        assert_ne!(v(0, pmc), v(8, pmc));
+        assert_ne!(v(0, cha), v(1, cha));
+        assert_eq!(v(0, bias), v(15, bias));
+        assert_eq!(v(0, ctrl), v(15, ctrl), "a _CTRL is not a counter");
+    }
 
     #[test]
     fn layout_is_the_documented_one() {
@@ -160,6 +358,7 @@ mod tests {
                 cpus: 3,
                 allowlist: &al,
                 identity: id.clone(),
+                shape: None,
             },
         )
         .unwrap();
@@ -168,7 +367,7 @@ mod tests {
             vec![CpuId(0), CpuId(1), CpuId(2)]
         );
         assert_eq!(node.cpu_identity().unwrap(), id);
-        let v = plausible_value(CpuId(2), MsrAddr(0xC0000103));
+        let v = realistic_value(&Shape::flat(3), CpuId(2), &al.entries()[1]);
         assert_eq!(peek(dir.path(), CpuId(2), MsrAddr(0xC0000103)).unwrap(), v);
         // msr and msr_safe are one register file.
         poke(dir.path(), CpuId(1), MsrAddr(0x10), 42).unwrap();
@@ -182,7 +381,8 @@ mod tests {
             &EmulatedNodeSpec {
                 cpus: 1,
                 allowlist: &al,
-                identity: id
+                identity: id,
+                shape: None,
             }
         )
         .is_err());

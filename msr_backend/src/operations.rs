@@ -263,6 +263,7 @@ mod tests {
                 cpus,
                 allowlist: &list,
                 identity,
+                shape: None,
             },
         )
         .expect("emulated node")

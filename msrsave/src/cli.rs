@@ -146,6 +146,12 @@ pub enum Command {
         /// vendor_id in /proc/cpuinfo
         #[arg(long, default_value = "GenuineIntel")]
         vendor: String,
+        /// Packages (sockets); the CPUs are split evenly into packages, cores and threads
+        #[arg(long, default_value_t = 1)]
+        packages: u32,
+        /// Threads per core (2 with hyper-threading)
+        #[arg(long, default_value_t = 1)]
+        threads_per_core: u32,
     },
     /// Jobs on a shared node: the first job snapshots, the last one restores (SLURM plugin and
     /// PBS hooks use this)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use msr_backend::allowlist::Allowlist;
 use msr_backend::device::select::BackendRequest;
-use msr_backend::emulate::{self, EmulatedNodeSpec};
+use msr_backend::emulate::{self, EmulatedNodeSpec, Shape};
 use msr_backend::finding::Finding;
 use msr_backend::operations::{self, Fit, Setup};
 use msr_backend::plan::DriftBits;
@@ -49,6 +49,8 @@ fn parse_cpu_model(s: &str) -> Result<(u32, u32)> {
 pub struct EmulateReport {
     pub dir: String,
     pub cpus: u32,
+    pub packages: u32,
+    pub threads_per_core: u32,
     pub cpu: CpuIdentity,
     pub msrs: usize,
     pub writable: usize,
@@ -77,8 +79,18 @@ pub fn emulate(
     cpus: u32,
     cpu_model: &str,
     vendor: &str,
+    (packages, threads_per_core): (u32, u32),
 ) -> Result<EmulateReport> {
     let (family, model) = parse_cpu_model(cpu_model)?;
+    anyhow::ensure!(
+        packages >= 1 && threads_per_core >= 1 && cpus % (packages * threads_per_core) == 0,
+        "--cpus {cpus} does not split into {packages} package(s) of whole cores with {threads_per_core} thread(s) each"
+    );
+    let shape = Shape {
+        packages,
+        cores_per_package: cpus / (packages * threads_per_core),
+        threads_per_core,
+    };
     let list = match &global.allowlist {
         Some(p) => Allowlist::from_file(p)?,
         None => anyhow::bail!(
@@ -96,11 +108,14 @@ pub fn emulate(
             cpus,
             allowlist: &list,
             identity: identity.clone(),
+            shape: Some(shape),
         },
     )?;
     Ok(EmulateReport {
         dir: shown(dir),
         cpus,
+        packages,
+        threads_per_core,
         cpu: identity,
         msrs: list.len(),
         writable: list.writable_count(),
@@ -198,6 +213,7 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<DemoReport> {
             cpus,
             allowlist: &list,
             identity,
+            shape: None,
         },
     )?;
     line(

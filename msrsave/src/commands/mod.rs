@@ -105,7 +105,17 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
             cpus,
             cpu_model,
             vendor,
-        } => demo::emulate(&cli.global, dir, *cpus, cpu_model, vendor).map(Outcome::of),
+            packages,
+            threads_per_core,
+        } => demo::emulate(
+            &cli.global,
+            dir,
+            *cpus,
+            cpu_model,
+            vendor,
+            (*packages, *threads_per_core),
+        )
+        .map(Outcome::of),
         Command::Demo { cpus, keep } => demo::demo(*cpus, keep.as_deref()).map(Outcome::of),
         Command::Diff {
             a,
