@@ -78,15 +78,15 @@ pub struct RestoreReport {
     pub verified: usize,
     /// Registers that could not be read when the snapshot was taken (nothing to restore).
     pub unreadable_at_save: usize,
-    /// How many registers or CPUs were not restored or not verified; the first [`LISTED`] are
-    /// in `failures`.
+    /// How many registers or CPUs were not restored or not verified; the first 1000 (LISTED)
+    /// are in `failures`.
     pub failed: usize,
     pub failures: Vec<Finding>,
     pub offline_cpus: Vec<CpuId>,
     /// CPUs online now that the save file does not cover (left alone).
     pub new_cpus: Vec<CpuId>,
     pub mask_changes: Vec<MaskChange>,
-    /// The first [`LISTED`] registers written.
+    /// The first 1000 (LISTED) registers written.
     pub writes: Vec<WriteRecord>,
     /// What differed from the snapshot before the restore, per MSR.
     pub changed: Vec<MsrChange>,
@@ -117,7 +117,8 @@ impl RestoreReport {
 pub struct CheckReport {
     pub compared: usize,
     pub all_bits: bool,
-    /// How many registers drifted, on how many CPUs; the first [`LISTED`] are in `drift`.
+    /// How many registers drifted (`drifted_cpus`: on how many CPUs); the first 1000 (LISTED)
+    /// are in `drift`.
     pub drifted: usize,
     pub drifted_cpus: usize,
     pub drift: Vec<Finding>,

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod output;
+pub mod schema_doc;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -6,6 +6,8 @@
 //! msrsave-docs OUT_DIR
 //!   OUT_DIR/man/msrsave.1, msrsave-save.1, msrsave-allowlist-load.1, ...  (one per command)
 //!   OUT_DIR/completions/msrsave.bash, _msrsave (zsh), msrsave.fish
+//! msrsave-docs --interfaces docs/interfaces.md
+//!   rewrites the file's JSON section from the report types (msrsave::schema_doc)
 //! ```
 //!
 //! `SOURCE_DATE_EPOCH`, when set, dates the man pages (reproducible builds); otherwise they
@@ -43,9 +45,37 @@ The configuration file to read instead of \fI/etc/msr-restore/msr-restore.conf\f
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "--interfaces" {
+        let path = Path::new(&args[2]);
+        let doc = match fs::read_to_string(path) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("msrsave-docs: {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        };
+        let Some(new) = msrsave::schema_doc::splice(&doc) else {
+            eprintln!(
+                "msrsave-docs: {} has no generated section (the lines {:?} and {:?})",
+                path.display(),
+                msrsave::schema_doc::BEGIN,
+                msrsave::schema_doc::END
+            );
+            return ExitCode::from(1);
+        };
+        if let Err(e) = fs::write(path, new) {
+            eprintln!("msrsave-docs: {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!(
+            "msrsave-docs: JSON section of {} regenerated",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
     if args.len() != 2 || args[1].starts_with('-') {
         eprintln!(
-            "usage: msrsave-docs OUT_DIR   (writes OUT_DIR/man/*.1 and OUT_DIR/completions/*)"
+            "usage: msrsave-docs OUT_DIR   (writes OUT_DIR/man/*.1 and OUT_DIR/completions/*)\n       msrsave-docs --interfaces docs/interfaces.md   (regenerates its JSON section)"
         );
         return ExitCode::from(2);
     }
