@@ -76,6 +76,11 @@ pub const KEYS: &[Key] = &[
         doc: "registers that differ from the snapshot: drain (take the node out of service) or log",
     },
     Key {
+        name: "job_metrics",
+        default: "",
+        doc: "a node_exporter textfile counting, per MSR, the job ends at which it differed from the snapshot (empty: none)",
+    },
+    Key {
         name: "lock_timeout",
         default: "60",
         doc: "seconds a job begin or end waits for the node lock (1 to 3600)",
@@ -199,6 +204,8 @@ pub struct Config {
     pub baseline: PathBuf,
     pub root: Option<PathBuf>,
     pub on_drift: OnDrift,
+    /// Where the per-MSR counters of what jobs changed go (node_exporter textfile).
+    pub job_metrics: Option<PathBuf>,
     /// Seconds.
     #[serde(serialize_with = "seconds")]
     #[schemars(with = "u64")]
@@ -219,6 +226,7 @@ impl Default for Config {
             baseline: PathBuf::from(DEFAULT_BASELINE),
             root: None,
             on_drift: OnDrift::Drain,
+            job_metrics: None,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
@@ -273,6 +281,7 @@ impl Config {
             "state_dir" => self.state_dir = absolute_path(value).map_err(bad)?,
             "baseline" => self.baseline = absolute_path(value).map_err(bad)?,
             "root" => self.root = optional_path(value)?,
+            "job_metrics" => self.job_metrics = optional_path(value)?,
             "on_drift" => {
                 self.on_drift = match value {
                     "drain" => OnDrift::Drain,
@@ -322,6 +331,7 @@ impl Config {
             "state_dir" => self.state_dir.display().to_string(),
             "baseline" => self.baseline.display().to_string(),
             "root" => path(&self.root),
+            "job_metrics" => path(&self.job_metrics),
             "on_drift" => self.on_drift.to_string(),
             "lock_timeout" => self.lock_timeout.as_secs().to_string(),
             _ => return None,

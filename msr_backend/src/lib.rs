@@ -16,6 +16,7 @@ pub mod error;
 pub mod finding;
 pub mod fsio;
 pub mod jobs;
+pub mod metrics;
 pub mod msrs;
 pub mod node;
 pub mod operations;

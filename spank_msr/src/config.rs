@@ -16,7 +16,7 @@ use msr_backend::config::{absolute_path, yes_no, Config as NodeConfig, OnDrift, 
 use msr_backend::jobs::StateDir;
 
 /// The keys the plugin takes: the shared ones a plugin has a use for, then its own.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "config",
     "state_dir",
     "allowlist",
@@ -25,6 +25,7 @@ pub const KEYS: [&str; 10] = [
     "root",
     "on_drift",
     "lock_timeout",
+    "job_metrics",
     "drain",
     "scontrol",
 ];

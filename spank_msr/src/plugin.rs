@@ -221,6 +221,14 @@ unsafe impl Plugin for SpankMsr {
                 log(LogLevel::Info, &line);
                 admin_comment(&cfg, &job, &line);
             }
+            if let Some(path) = &cfg.node.job_metrics {
+                if let Err(e) = msr_backend::metrics::record_job_changes(path, &s.changed) {
+                    log(
+                        LogLevel::Error,
+                        &format!("job {job}: job metrics: {}", msr_backend::error::chain(&e)),
+                    );
+                }
+            }
             for note in &s.notes {
                 log(LogLevel::Info, &format!("job {job}: {note}"));
             }

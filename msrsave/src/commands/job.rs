@@ -343,6 +343,16 @@ fn restore_part(s: &RestoreSummary) -> RestorePart {
     }
 }
 
+/// Count what the jobs changed in the `job_metrics` textfile, if one is configured; a failure is
+/// a note, not a failed job end.
+fn record_metrics(ctx: &Context, changed: &[MsrChange], notes: &mut Vec<String>) {
+    if let Some(path) = &ctx.config.job_metrics {
+        if let Err(e) = msr_backend::metrics::record_job_changes(path, changed) {
+            notes.push(format!("could not update {}: {}", shown(path), chain(&e)));
+        }
+    }
+}
+
 fn active(state: &StateDir) -> Vec<String> {
     jobs::status(state).map(|s| s.jobs).unwrap_or_default()
 }
@@ -414,8 +424,9 @@ pub fn run(ctx: &Context, cmd: &JobCommand) -> Result<Outcome> {
                         clean: s.drift.is_empty(),
                         drift: s.drift.clone(),
                     });
+                    record_metrics(ctx, &s.changed, &mut report.notes);
                     report.changed = s.changed;
-                    report.notes = s.notes;
+                    report.notes.extend(s.notes);
                     report.elapsed_ms = Some(ms(s.elapsed));
                 }
                 Ok(EndOutcome::OthersRemain { others }) => {
@@ -473,6 +484,10 @@ pub fn run(ctx: &Context, cmd: &JobCommand) -> Result<Outcome> {
                 "job reconcile needs --running-jobs IDS: the jobs the scheduler runs on this node now"
             );
             let (reconcile, restored) = reconcile(ctx, &state, args, None)?;
+            if let Some(s) = &restored {
+                let mut notes = Vec::new();
+                record_metrics(ctx, &s.changed, &mut notes);
+            }
             Ok(Outcome::of(JobReconcile {
                 active_jobs: active(&state),
                 changed: restored
