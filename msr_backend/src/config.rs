@@ -494,6 +494,6 @@ mod tests {
         let fifo = dir.path().join("conf");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = Config::load(&fifo).unwrap_err();
-        assert!(crate::error::chain(&e).contains("a FIFO"), "{e}");
+        assert!(crate::cause::chain(&e).contains("a FIFO"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::allowlist::AllowlistError;
 use crate::config::ConfigError;
 use crate::device::control::ControlError;
-use crate::device::select::NoBackend;
+use crate::device::select::OpenError;
 use crate::device::DeviceError;
 use crate::fsio::InputError;
 use crate::node::NodeError;
@@ -40,7 +40,7 @@ pub enum Error {
     Control(#[from] ControlError),
 
     #[error(transparent)]
-    NoBackend(#[from] NoBackend),
+    Open(#[from] OpenError),
 
     #[error("{path}")]
     Io {
@@ -63,18 +63,4 @@ impl Error {
     }
 }
 
-/// An error and its causes on one line (`a: b: c`), each cause once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        // A transparent wrapper repeats its inner message: print it once.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
+pub use crate::cause::chain;

@@ -9,6 +9,7 @@
 //! command line.
 
 pub mod allowlist;
+pub mod cause;
 pub mod config;
 pub mod device;
 pub mod emulate;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::fsio::{self, Expect, InputError, Links};
-use crate::types::{parse_cpu_list, CpuId, CpuIdentity, CpuListError};
+use crate::types::{parse_cpu_list, CpuId, CpuIdentity, CpuListError, MsrSafeVersion};
 
 pub use crate::types::format_cpu_list;
 
@@ -34,6 +34,9 @@ pub enum NodeError {
 }
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+/// The most bytes a version file or node holds (`255.255.255` and a terminator, with room).
+pub const MAX_VERSION_BYTES: usize = 64;
 
 /// The most bytes read from one sysfs or procfs text file (a CPU list of 8192 single CPUs is
 /// about 40 KiB).
@@ -151,9 +154,36 @@ impl Node {
             .map(|u| u.release().to_string_lossy().into_owned())
     }
 
-    /// msr-safe's module version as it reports it (`1.8.0`), if the module is loaded.
+    /// msr-safe's version: `/sys/module/msr_safe/version` (readable by everyone), else the
+    /// version node (mode 0400, `1.8.0\0` in one read). `None` when msr-safe is not loaded;
+    /// `Some(Err)` when it says something that is not a version.
+    pub fn msr_safe(&self) -> Option<std::result::Result<MsrSafeVersion, String>> {
+        for abs in [MSR_SAFE_VERSION, MSR_SAFE_VERSION_NODE] {
+            let path = self.path(abs);
+            let Ok(mut f) = fsio::open_input(&path, Expect::DeviceOrRegular, Links::Follow) else {
+                continue;
+            };
+            // One read: the node answers the whole version at once and 0 after.
+            let mut buf = [0u8; MAX_VERSION_BYTES];
+            let n = loop {
+                match f.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let Ok(n) = n else { continue };
+            let text = String::from_utf8_lossy(&buf[..n]);
+            return Some(
+                text.parse::<MsrSafeVersion>()
+                    .map_err(|e| format!("{}: {e}", path.display())),
+            );
+        }
+        None
+    }
+
+    /// msr-safe's version as it reports it (`1.8.0`), if the module is loaded.
     pub fn msr_safe_version(&self) -> Option<String> {
-        match crate::device::control::read_version(self)? {
+        match self.msr_safe()? {
             Ok(v) => Some(v.to_string()),
             Err(text) => Some(text),
         }

@@ -56,7 +56,7 @@ impl Setup {
             write,
             ..self.request.clone()
         };
-        open_backend(&self.node, &request)
+        Ok(open_backend(&self.node, &request)?)
     }
 }
 

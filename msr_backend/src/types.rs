@@ -8,8 +8,6 @@ use std::str::FromStr;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::device::BackendKind;
-
 /// An MSR address as the devices take it (the per-CPU nodes truncate the offset to 32 bits and
 /// the batch op carries a `__u32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -252,6 +250,99 @@ impl fmt::Display for CpuIdentity {
     }
 }
 
+/// Which kernel interface (or emulation of it) a device talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// msr-safe's `/dev/cpu/msr_batch` ioctl.
+    Batch,
+    /// msr-safe's per-CPU `/dev/cpu/N/msr_safe` nodes.
+    Safe,
+    /// The stock `/dev/cpu/N/msr` driver (our code enforces the allowlist).
+    Msr,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Batch, BackendKind::Safe, BackendKind::Msr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Batch => "batch",
+            BackendKind::Safe => "safe",
+            BackendKind::Msr => "msr",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// msr-safe's version, as its module reports it (`1.8.0`; releases before 1.8 say `1.7`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MsrSafeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+/// Which batch ABI a module version speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchAbi {
+    /// 1.x: the 32-byte `msr_batch_op` our bindings describe (unchanged since 2017).
+    V1,
+    /// 2.x and later: another op struct; a 1.x array is refused with ENOPROTOOPT.
+    Unsupported,
+}
+
+impl MsrSafeVersion {
+    pub fn batch_abi(self) -> BatchAbi {
+        if self.major == 1 {
+            BatchAbi::V1
+        } else {
+            BatchAbi::Unsupported
+        }
+    }
+}
+
+impl fmt::Display for MsrSafeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl FromStr for MsrSafeVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim_end_matches(['\0', '\n']).trim();
+        let mut parts = text.split('.');
+        let mut next = |required: bool| -> Result<u32, String> {
+            match parts.next() {
+                Some(p) => p.parse::<u32>().map_err(|_| {
+                    format!("{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])")
+                }),
+                None if required => Err(format!(
+                    "{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])"
+                )),
+                None => Ok(0),
+            }
+        };
+        let v = MsrSafeVersion {
+            major: next(true)?,
+            minor: next(true)?,
+            patch: next(false)?,
+        };
+        if parts.next().is_some() {
+            return Err(format!(
+                "{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])"
+            ));
+        }
+        Ok(v)
+    }
+}
+
 /// The backend an admin asks for: one type for the command line, the configuration file, the
 /// SPANK plugin's arguments and the PBS hook's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -434,6 +525,21 @@ mod tests {
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{name}\""));
         }
         assert!("msr_safe".parse::<BackendChoice>().is_err());
+    }
+
+    #[test]
+    fn versions_parse_as_the_module_writes_them() {
+        let v: MsrSafeVersion = "1.8.0\0".parse().unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 8, 0));
+        assert_eq!(v.batch_abi(), BatchAbi::V1);
+        let old: MsrSafeVersion = "1.7\n".parse().unwrap();
+        assert_eq!(old.to_string(), "1.7.0");
+        assert!(old < v);
+        let new: MsrSafeVersion = "2.0.4".parse().unwrap();
+        assert_eq!(new.batch_abi(), BatchAbi::Unsupported);
+        assert!("1".parse::<MsrSafeVersion>().is_err());
+        assert!("1.8.0.1".parse::<MsrSafeVersion>().is_err());
+        assert!("one.two".parse::<MsrSafeVersion>().is_err());
     }
 
     #[test]

@@ -12,20 +12,19 @@
 //!   read, then 0; `/sys/module/msr_safe/version` is the same text with a newline, readable by
 //!   everyone, and exists since msr-safe 1.2.
 //!
-//! The version matters for the batch ioctl: the 2.x series (LLNL/msr-safe PR #174) changes
-//! `struct msr_batch_op` and answers a 1.x struct with `ENOPROTOOPT`, so [`MsrSafeVersion::batch_abi`]
-//! tells whether our ABI fits before anything is sent.
+//! The version ([`crate::node::Node::msr_safe`], [`crate::types::MsrSafeVersion`]) matters for
+//! the batch ioctl: the 2.x series (LLNL/msr-safe PR #174) changes `struct msr_batch_op` and
+//! answers a 1.x struct with `ENOPROTOOPT`, so the batch backend checks it before anything is
+//! sent.
 
-use std::fmt;
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use nix::errno::Errno;
 
 use crate::allowlist::{MAX_ALLOWLIST_BYTES, READBACK_ENTRY_BYTES, READBACK_HEADER};
 use crate::fsio::{self, Expect, InputError, Links};
-use crate::node::{Node, MSR_SAFE_VERSION, MSR_SAFE_VERSION_NODE};
+use crate::node::Node;
 
 /// The buffer each `read()` of the allowlist node gets: larger than any record (the kernel
 /// formats a record into a 200-byte buffer).
@@ -38,9 +37,6 @@ pub const MAX_LOADED_ENTRIES: usize = MAX_ALLOWLIST_BYTES / 4;
 /// The most bytes a read-back of the allowlist node can hold; more is refused as not msr-safe's.
 pub const MAX_READBACK_BYTES: u64 =
     (READBACK_HEADER.len() + MAX_LOADED_ENTRIES * READBACK_ENTRY_BYTES) as u64;
-
-/// The most bytes a version file or node holds (`255.255.255` and a terminator, with room).
-pub const MAX_VERSION_BYTES: u64 = 64;
 
 /// What went wrong with a control node. The message names the node.
 #[derive(Debug, thiserror::Error)]
@@ -180,115 +176,10 @@ pub fn refusal_meaning(errno: Errno) -> &'static str {
     }
 }
 
-/// msr-safe's version, as its module reports it (`1.8.0`; releases before 1.8 say `1.7`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct MsrSafeVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-/// Which batch ABI a module version speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchAbi {
-    /// 1.x: the 32-byte `msr_batch_op` our bindings describe (unchanged since 2017).
-    V1,
-    /// 2.x and later: another op struct; a 1.x array is refused with ENOPROTOOPT.
-    Unsupported,
-}
-
-impl MsrSafeVersion {
-    pub fn batch_abi(self) -> BatchAbi {
-        if self.major == 1 {
-            BatchAbi::V1
-        } else {
-            BatchAbi::Unsupported
-        }
-    }
-}
-
-impl fmt::Display for MsrSafeVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
-
-impl FromStr for MsrSafeVersion {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim_end_matches(['\0', '\n']).trim();
-        let mut parts = text.split('.');
-        let mut next = |required: bool| -> Result<u32, String> {
-            match parts.next() {
-                Some(p) => p.parse::<u32>().map_err(|_| {
-                    format!("{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])")
-                }),
-                None if required => Err(format!(
-                    "{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])"
-                )),
-                None => Ok(0),
-            }
-        };
-        let v = MsrSafeVersion {
-            major: next(true)?,
-            minor: next(true)?,
-            patch: next(false)?,
-        };
-        if parts.next().is_some() {
-            return Err(format!(
-                "{text:?} is not an msr-safe version (MAJOR.MINOR[.PATCH])"
-            ));
-        }
-        Ok(v)
-    }
-}
-
-/// The loaded module's version: `/sys/module/msr_safe/version` (readable by everyone), else the
-/// version node (mode 0400). `None` when msr-safe is not loaded; `Some(Err)` when it says
-/// something that is not a version.
-pub fn read_version(node: &Node) -> Option<Result<MsrSafeVersion, String>> {
-    for abs in [MSR_SAFE_VERSION, MSR_SAFE_VERSION_NODE] {
-        let path = node.path(abs);
-        let Ok(mut f) = fsio::open_input(&path, Expect::DeviceOrRegular, Links::Follow) else {
-            continue;
-        };
-        // One read: the node answers the whole version at once and 0 after.
-        let mut buf = [0u8; MAX_VERSION_BYTES as usize];
-        let n = loop {
-            match f.read(&mut buf) {
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        let Ok(n) = n else { continue };
-        let text = String::from_utf8_lossy(&buf[..n]);
-        return Some(
-            text.parse::<MsrSafeVersion>()
-                .map_err(|e| format!("{}: {e}", path.display())),
-        );
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{AllowlistNode, Caller};
-
-    #[test]
-    fn versions_parse_as_the_module_writes_them() {
-        let v: MsrSafeVersion = "1.8.0\0".parse().unwrap();
-        assert_eq!((v.major, v.minor, v.patch), (1, 8, 0));
-        assert_eq!(v.batch_abi(), BatchAbi::V1);
-        let old: MsrSafeVersion = "1.7\n".parse().unwrap();
-        assert_eq!(old.to_string(), "1.7.0");
-        assert!(old < v);
-        let new: MsrSafeVersion = "2.0.4".parse().unwrap();
-        assert_eq!(new.batch_abi(), BatchAbi::Unsupported);
-        assert!("1".parse::<MsrSafeVersion>().is_err());
-        assert!("1.8.0.1".parse::<MsrSafeVersion>().is_err());
-        assert!("one.two".parse::<MsrSafeVersion>().is_err());
-    }
 
     #[test]
     fn the_loaded_list_reads_back_one_record_at_a_time() {

@@ -15,41 +15,9 @@ pub mod select;
 use std::fmt;
 
 use nix::errno::Errno;
-use serde::Serialize;
 
+pub use crate::types::BackendKind;
 use crate::types::{CpuId, MsrAddr, WriteMask};
-
-/// Which kernel interface (or emulation of it) a device talks to.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// msr-safe's `/dev/cpu/msr_batch` ioctl.
-    Batch,
-    /// msr-safe's per-CPU `/dev/cpu/N/msr_safe` nodes.
-    Safe,
-    /// The stock `/dev/cpu/N/msr` driver (our code enforces the allowlist).
-    Msr,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Batch, BackendKind::Safe, BackendKind::Msr];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Batch => "batch",
-            BackendKind::Safe => "safe",
-            BackendKind::Msr => "msr",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What one op asks of a register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::control::{self, BatchAbi, ControlError, MsrSafeVersion};
+use super::control::{self, ControlError};
 use super::percpu::{FsCpuNodes, PerCpuDevice};
 use super::{BackendKind, DeviceError, MsrDevice};
 use crate::allowlist::{select_allowlist, Allowlist, AllowlistError};
 use crate::node::{is_char_device, Node, NodeError, BATCH_NODE};
-use crate::types::{BackendChoice, CpuId};
+use crate::types::{BackendChoice, BatchAbi, CpuId, MsrSafeVersion};
 
 /// Linux capability number of CAP_SYS_RAWIO (include/uapi/linux/capability.h).
 const CAP_SYS_RAWIO: u32 = 17;
@@ -78,7 +78,7 @@ impl Serialize for Skipped {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("Skipped", 2)?;
         st.serialize_field("backend", &self.backend)?;
-        st.serialize_field("reason", &crate::error::chain(&self.reason))?;
+        st.serialize_field("reason", &crate::cause::chain(&self.reason))?;
         st.end()
     }
 }
@@ -100,7 +100,7 @@ impl schemars::JsonSchema for Skipped {
 
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.backend, crate::error::chain(&self.reason))
+        write!(f, "{}: {}", self.backend, crate::cause::chain(&self.reason))
     }
 }
 
@@ -109,6 +109,15 @@ impl fmt::Display for Skipped {
 #[error("no usable MSR backend: {}", skipped.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct NoBackend {
     pub skipped: Vec<Skipped>,
+}
+
+/// Why no backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    NoBackend(#[from] NoBackend),
 }
 
 /// A backend ready to use, with everything learnt while choosing it.
@@ -223,7 +232,7 @@ fn stock_allowlist(node: &Node, req: &BackendRequest) -> Result<Chosen, SkipReas
 /// Whether the loaded msr-safe speaks the batch ABI of our bindings (1.x). A module too old to
 /// report its version (before 1.2) speaks 1.x.
 fn batch_abi_fits(node: &Node) -> Result<(), SkipReason> {
-    match control::read_version(node) {
+    match node.msr_safe() {
         Some(Ok(version)) if version.batch_abi() == BatchAbi::Unsupported => {
             Err(SkipReason::BatchAbi { version })
         }
@@ -315,7 +324,7 @@ fn stock_driver_warnings(node: &Node) -> Vec<String> {
 }
 
 /// Open the requested backend, or the best available one for `auto`.
-pub fn open_backend(node: &Node, req: &BackendRequest) -> Result<OpenBackend, crate::Error> {
+pub fn open_backend(node: &Node, req: &BackendRequest) -> Result<OpenBackend, OpenError> {
     let online = node.online_cpus()?;
     let probe = online[0];
     let order: Vec<BackendKind> = match req.choice.kind() {

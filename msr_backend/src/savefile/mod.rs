@@ -158,7 +158,7 @@ impl AllowlistRecord {
             })
             .collect();
         let list = Allowlist::from_entries(entries, &self.source)
-            .map_err(|e| SaveFileError::invalid(path, crate::error::chain(&e)))?;
+            .map_err(|e| SaveFileError::invalid(path, crate::cause::chain(&e)))?;
         if list.digest() != self.digest {
             return Err(SaveFileError::invalid(
                 path,

@@ -158,7 +158,9 @@ pub fn info(ctx: &Context) -> Result<InfoReport> {
         Err(e) => {
             let error = Some(chain(&e));
             let skipped = match e {
-                msr_backend::Error::NoBackend(n) => n.skipped,
+                msr_backend::Error::Open(msr_backend::device::select::OpenError::NoBackend(n)) => {
+                    n.skipped
+                }
                 _ => Vec::new(),
             };
             BackendInfo {
