@@ -59,12 +59,18 @@ root_path() { in_root sh -c 'command -v "$1"' sh "$1"; }
 # "slurm-wlm 24.11.5").
 slurm_release() { slurmd -V 2>/dev/null | sed -n 's/^slurm[^ ]* \([0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1; }
 
-# Mount what the chrooted daemons need (idempotent): /proc, /sys and MSR_SLURM_DIR at its own path.
+# Mount what the chrooted daemons need (idempotent): /proc, /sys, the host's /etc/hosts (they share
+# its host name and network; without it every lookup of the node's name waits for DNS: 5 s
+# stalls of slurmctld) and MSR_SLURM_DIR at its own path.
 mount_root() {
     [[ -n $MSR_SLURM_CHROOT ]] || return 0
     local r=$MSR_SLURM_CHROOT
     mountpoint -q "$r/proc" || mount -t proc proc "$r/proc" || return 1
     mountpoint -q "$r/sys" || mount -t sysfs -o ro sysfs "$r/sys" || mount --bind -o ro /sys "$r/sys" || return 1
+    if ! mountpoint -q "$r/etc/hosts"; then
+        [[ -e $r/etc/hosts ]] || : >"$r/etc/hosts"
+        mount --bind /etc/hosts "$r/etc/hosts" && mount -o remount,bind,ro "$r/etc/hosts" || return 1
+    fi
     mkdir -p "$r$MSR_SLURM_DIR" || return 1
     mountpoint -q "$r$MSR_SLURM_DIR" || mount --bind "$MSR_SLURM_DIR" "$r$MSR_SLURM_DIR" || return 1
 }
@@ -72,7 +78,7 @@ mount_root() {
 umount_root() {
     [[ -n $MSR_SLURM_CHROOT ]] || return 0
     local r=$MSR_SLURM_CHROOT m rc=0
-    for m in "$r$MSR_SLURM_DIR" "$r/sys" "$r/proc"; do
+    for m in "$r$MSR_SLURM_DIR" "$r/etc/hosts" "$r/sys" "$r/proc"; do
         if mountpoint -q "$m"; then
             umount "$m" 2>/dev/null || umount -l "$m" || { log "cannot unmount $m"; rc=1; }
         fi

@@ -66,35 +66,41 @@ target=${target:-$repo/target}
 host_release=$(slurm_release)
 
 # --- which Slurm runs each series -------------------------------------------------------------------
-declare -A ROOT=() PLUGIN=() RESULT=()
-runnable=()
+# Every series with a Slurm here is resolved, also those not asked for: their plugin builds are
+# what the scenario "a plugin of another series" loads.
+declare -A ROOT=() PLUGIN=() RESULT=() WANTED=()
+for s in "${series[@]}"; do WANTED[$s]=1; done
+available=()
 early_fail=0
-for s in "${series[@]}"; do
+for s in $(printf '%s\n' "${series[@]}" "${SUPPORTED[@]}" | sort -u); do
+    asked=${WANTED[$s]:-}
     var=MSR_SLURM_ROOT_${s/./_}
     r=${!var:-}
     if [[ -n $r ]]; then
+        problem=""
         if [[ ! -x $r/usr/bin/env || ! -r $r/usr/include/slurm/slurm_version.h ]]; then
-            echo "FAIL [$s] $var=$r is not a root holding Slurm's headers (libslurm-dev)"
-            RESULT[$s]="0 passed, 1 failed"; early_fail=1; continue
+            problem="$var=$r is not a root holding Slurm's headers (libslurm-dev)"
+        else
+            rel=$(MSR_SLURM_CHROOT=$r slurm_release)
+            [[ ${rel%.*} == "$s" ]] || problem="$var=$r holds Slurm '${rel:-none}', not $s"
         fi
-        rel=$(MSR_SLURM_CHROOT=$r slurm_release)
-        if [[ ${rel%.*} != "$s" ]]; then
-            echo "FAIL [$s] $var=$r holds Slurm '${rel:-none}', not $s"
+        if [[ -n $problem ]]; then
+            echo "FAIL [$s] $problem"
             RESULT[$s]="0 passed, 1 failed"; early_fail=1; continue
         fi
         ROOT[$s]=$r
     elif [[ ${host_release%.*} == "$s" ]]; then
         ROOT[$s]=""
     else
-        echo "NOT RUN slurm $s: the host has Slurm ${host_release:-none}; set $var to a root directory holding Slurm $s (slurmd, slurmctld, slurm-client, munge, libslurm-dev)"
+        [[ -n $asked ]] && echo "NOT RUN slurm $s: the host has Slurm ${host_release:-none}; set $var to a root directory holding Slurm $s (slurmd, slurmctld, slurm-client, munge, libslurm-dev)"
         RESULT[$s]="NOT RUN"
         continue
     fi
-    runnable+=("$s")
+    available+=("$s")
 done
 
-# --- the plugin, once per series (the scenarios also load each series' build under the others) ---
-for s in "${runnable[@]}"; do
+# --- the plugin, once per series --------------------------------------------------------------------
+for s in "${available[@]}"; do
     t0=$SECONDS
     if so=$("$repo/spank_msr/build-plugin.sh" --slurm-headers "${ROOT[$s]}/usr/include" \
         --target-dir "$target/slurm-$s" 9>&-); then
@@ -107,7 +113,7 @@ for s in "${runnable[@]}"; do
 done
 
 # --- the scenarios, series by series ----------------------------------------------------------------
-for s in "${runnable[@]}"; do
+for s in "${series[@]}"; do
     [[ -n ${PLUGIN[$s]:-} ]] || continue
     others=""
     for o in "${!PLUGIN[@]}"; do [[ $o == "$s" ]] || others+="$o=${PLUGIN[$o]} "; done
@@ -117,9 +123,11 @@ for s in "${runnable[@]}"; do
     SERIES=$s MSR_SLURM_DIR=$base/$s MSR_SLURM_CHROOT=${ROOT[$s]} PLUGIN_BUILD=${PLUGIN[$s]} \
         OTHER_PLUGINS=$others MSRSAVE_BUILD=$target/release/msrsave PERF=$perf \
         "$here/scenarios.sh" 9>&-
-    if read -r p f <"$base/$s/counts" 2>/dev/null; then
-        RESULT[$s]="$p passed, $f failed ($((SECONDS - t0)) s)"
+    if read -r p f n <"$base/$s/counts" 2>/dev/null; then
+        RESULT[$s]="$p passed, $f failed${n:+, $n not run} ($((SECONDS - t0)) s)"
+        RESULT[$s]=${RESULT[$s]/, 0 not run/}
         ((f == 0)) || early_fail=1
+        ((${n:-0} == 0)) || scenario_not_run=1
     else
         echo "FAIL [$s] scenarios.sh ended without counts"
         RESULT[$s]="FAIL: scenarios.sh ended without counts"; early_fail=1
@@ -127,7 +135,7 @@ for s in "${runnable[@]}"; do
 done
 
 echo
-not_run=0
+not_run=${scenario_not_run:-0}
 for s in "${series[@]}"; do
     echo "slurm $s: ${RESULT[$s]}"
     [[ ${RESULT[$s]} == "NOT RUN" ]] && not_run=1

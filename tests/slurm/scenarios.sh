@@ -10,8 +10,9 @@
 #   OTHER_PLUGINS     "X.Y=PATH ...": builds for other series (the mismatch scenario), may be empty
 #   MSRSAVE_BUILD     the release msrsave; PERF=1 for the performance measurement; PERF_JOBS
 # Starts the cluster, runs the jobs as the user msrtest on an emulated node, stops the cluster
-# (also on failure or interruption). Prints "PASS [X.Y] ..." / "FAIL [X.Y] ..." per assertion and
-# writes "PASSED FAILED" to MSR_SLURM_DIR/counts; exits non-zero on any failure.
+# (also on failure or interruption). Prints "PASS [X.Y] ..." / "FAIL [X.Y] ..." per assertion
+# ("NOT RUN [X.Y] ..." for a scenario that needs what is not here) and writes "PASSED FAILED
+# NOT_RUN" to MSR_SLURM_DIR/counts; exits non-zero on any failure.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -22,7 +23,7 @@ repo=$(cd "$here/../.." && pwd)
 OTHER_PLUGINS=${OTHER_PLUGINS:-} PERF=${PERF:-0}
 [[ $(id -u) == 0 ]] || die "run as root"
 
-PASSED=0 FAILED=0
+PASSED=0 FAILED=0 NOT_RUN=0
 pass() { printf 'PASS [%s] %s\n' "$SERIES" "$*"; PASSED=$((PASSED + 1)); }
 fail() { printf 'FAIL [%s] %s\n' "$SERIES" "$*"; FAILED=$((FAILED + 1)); }
 # check DESCRIPTION COMMAND...: PASS when the command succeeds.
@@ -47,7 +48,7 @@ cleanup() {
     ((rc != 0 && FAILED == 0)) && fail "the scenarios ended early (exit status $rc)"
     for f in "${immutable[@]+"${immutable[@]}"}"; do chattr -i "$f" 2>/dev/null; done
     "$here/stop.sh" || log "stop.sh reported a daemon that did not stop"
-    echo "$PASSED $FAILED" >"$MSR_SLURM_DIR/counts"
+    echo "$PASSED $FAILED $NOT_RUN" >"$MSR_SLURM_DIR/counts"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -357,6 +358,10 @@ check "optional: job $id runs ($st)" test "$st" = COMPLETED -a -e "$JOBS/6.ran"
 check "optional: node stays in service ($(node_state))" test "$(node_state)" = IDLE
 
 # --- 7. the plugin built for another Slurm series ---------------------------------------------------
+if [[ -z $OTHER_PLUGINS ]]; then
+    echo "NOT RUN [$SERIES] 7. a plugin built for another Slurm series: no other series here (see run.sh: MSR_SLURM_ROOT_*)"
+    NOT_RUN=$((NOT_RUN + 1))
+fi
 for o in $OTHER_PLUGINS; do
     os=${o%%=*}
     oso=$MSR_SLURM_DIR/lib/libspank_msr-$os.so
