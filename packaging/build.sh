@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --slurm-headers) headers=${2:?--slurm-headers needs a directory}; shift 2 ;;
         --slurm-root) headers=${2:?--slurm-root needs a directory}/usr/include; shift 2 ;;
         --out) out=${2:?--out needs a directory}; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

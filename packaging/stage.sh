@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         --gen-dir) gen=$2; shift 2 ;;
         --strip) strip=1; shift ;;
         --no-plugin) plugin=/nonexistent; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "stage.sh: unknown option $1" >&2; exit 2 ;;
         *) [ -z "$dest" ] || { echo "stage.sh: one DESTDIR only" >&2; exit 2; }; dest=$1; shift ;;
     esac
