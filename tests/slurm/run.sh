@@ -11,6 +11,8 @@
 #     directory holding that Slurm (slurmd, slurmctld, slurm-client, munge and libslurm-dev; for
 #     24.11 a Debian 13 root). Its daemons run chrooted and the plugin is built against its
 #     headers. This suite does not make roots: make one under /opt or /tmp and name it here.
+#     It adds the user msrtest to the root and, while a cluster runs, mounts /proc, /sys, the
+#     host's /etc/hosts and the scratch directory there (tests/slurm/lib.sh).
 #   else the host, when its own Slurm is that series (the script installs Debian 12's: 22.05).
 #   else the series prints "NOT RUN slurm X.Y: ..." on a line of its own: neither passed nor failed.
 #
@@ -38,7 +40,7 @@ while (($#)); do
     --series)
         [[ ${2:-} =~ ^[0-9]{2}\.[0-9]{2}$ ]] || die "--series needs a Slurm major.minor such as 24.11"
         series+=("$2"); shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
     esac
 done
