@@ -654,6 +654,40 @@ for v in $other_roots; do
     else
         bad "Slurm $want package: plugin $psv, series file '$(cat "$pout/x/usr/share/msr-restore/slurm-series" 2>&1)', $(dpkg-deb -f "$pdeb" Version Breaks | tr '\n' ' ')"
     fi
+    # Both packages in a copy of that root, whose Debian slurmd is the real one of series $want.
+    sroot=$work/root-$want
+    # --one-file-system: not the /proc or /sys of a SLURM suite running in that root meanwhile.
+    if ! cp -a --one-file-system "${!v}" "$sroot" || ! mount -t proc proc "$sroot/proc"; then
+        bad "copy of ${!v} with /proc"; continue
+    fi
+    mounts+=("$sroot/proc")
+    cp "$deb_file" "$pdeb" "$sroot/tmp/"
+    sin() { chroot "$sroot" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 "$@"; }
+    srel=$(sin slurmd -V 2>&1)
+    if [ "$slurm_series" != "$want" ]; then
+        o=$(sin dpkg -i "/tmp/$(basename "$deb_file")" 2>&1)
+        rc=$?
+        if [ "$rc" != 0 ] && grep -q "installing msr-restore would break slurmd" <<<"$o"; then
+            ok "the Slurm $slurm_series package next to the root's $srel: dpkg refuses it (Breaks)"
+        else
+            bad "the Slurm $slurm_series package next to $srel (exit $rc): expected Breaks to refuse it"; printf '%s\n' "$o" | indent
+        fi
+        o=$(sin dpkg -i --force-breaks "/tmp/$(basename "$deb_file")" 2>&1)
+        rc=$?
+        if [ "$rc" = 0 ] && grep -q "spank_msr.so is built for Slurm $slurm_series; /usr/sbin/slurmd is Slurm ${srel##* }" <<<"$o"; then
+            ok "forced in anyway (--force-breaks): the post-install warns loudly against the real slurmd"
+        else
+            bad "--force-breaks (exit $rc): expected the loud warning"; printf '%s\n' "$o" | indent
+        fi
+    fi
+    o=$(sin dpkg -i "/tmp/$(basename "$pdeb")" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && ! grep -q WARNING <<<"$o" &&
+        sin /usr/libexec/msr-restore/msr-restore-slurm-check | grep -q "built for Slurm $want, as /usr/sbin/slurmd (${srel##* })"; then
+        ok "the Slurm $want package next to the root's $srel: installs without warning; the check agrees"
+    else
+        bad "the Slurm $want package next to $srel (exit $rc)"; printf '%s\n' "$o" | indent
+    fi
 done
 
 echo "== RPM payload in a clean root"
