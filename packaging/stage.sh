@@ -3,10 +3,14 @@
 # The single place that says where each file goes and with which mode: the Debian package
 # (packaging/build.sh) and the RPM (%install in packaging/rpm/msr-restore.spec) both use it.
 #
-#   packaging/stage.sh --flavor deb|rpm [--target-dir DIR] [--gen-dir DIR] [--strip] DESTDIR
+#   packaging/stage.sh --flavor deb|rpm [--target-dir DIR] [--plugin FILE] [--gen-dir DIR] [--strip] DESTDIR
 #
 #   --target-dir DIR  cargo's target directory holding release/msrsave and, when the SPANK
 #                     plugin is built, release/libspank_msr.so (default: <repo>/target)
+#   --plugin FILE     the SPANK plugin to stage instead of TARGET/release/libspank_msr.so (a
+#                     build for one Slurm series: spank_msr/build-plugin.sh); the series it
+#                     declares goes to /usr/share/msr-restore/slurm-series
+#   --no-plugin       stage no SPANK plugin (an RPM built --without spank)
 #   --gen-dir DIR     output of msrsave-docs: man/*.1 and completions/ (default: TARGET/packaging/gen)
 #   --strip           strip the binaries (the .deb; rpmbuild strips and splits debuginfo itself)
 #
@@ -18,14 +22,16 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 files="$here/files"
 
-flavor="" target="" gen="" strip=0 dest=""
+flavor="" target="" gen="" strip=0 dest="" plugin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --flavor) flavor=$2; shift 2 ;;
         --target-dir) target=$2; shift 2 ;;
+        --plugin) plugin=$2; shift 2 ;;
         --gen-dir) gen=$2; shift 2 ;;
         --strip) strip=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --no-plugin) plugin=/nonexistent; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "stage.sh: unknown option $1" >&2; exit 2 ;;
         *) [ -z "$dest" ] || { echo "stage.sh: one DESTDIR only" >&2; exit 2; }; dest=$1; shift ;;
     esac
@@ -33,6 +39,7 @@ done
 [ -n "$dest" ] || { echo "stage.sh: DESTDIR missing" >&2; exit 2; }
 target=${target:-$repo/target}
 gen=${gen:-$target/packaging/gen}
+plugin=${plugin:-$target/release/libspank_msr.so}
 
 # Paths that differ between the distributions.
 case "$flavor" in
@@ -130,10 +137,15 @@ else
 fi
 
 # SLURM: the SPANK plugin (when spank_msr is built with its `slurm` feature) as spank_msr.so in
-# SLURM's plugin directory; the plugstack.conf line of packaging/slurm/plugstack.conf, commented
-# out and pointing at that path; the health check (HealthCheckProgram) and its arguments.
-if [ -f "$target/release/libspank_msr.so" ]; then
-    inst "$so_mode" "$target/release/libspank_msr.so" "$slurm_plugindir/spank_msr.so"
+# SLURM's plugin directory; the Slurm series it is built for in $datadir/slurm-series, read by
+# msr-restore-slurm-check (run by the post-install) and msrsave info; the plugstack.conf line of
+# packaging/slurm/plugstack.conf, commented out and pointing at that path; the health check
+# (HealthCheckProgram) and its arguments.
+if [ -f "$plugin" ]; then
+    # A .so without plugin_version (built without the `slurm` feature) is no plugin: refuse it.
+    series=$("$repo/spank_msr/plugin-version.sh" --series "$plugin") ||
+        { echo "stage.sh: $plugin is not a SPANK plugin (build it with spank_msr/build-plugin.sh)" >&2; exit 1; }
+    inst "$so_mode" "$plugin" "$slurm_plugindir/spank_msr.so"
     [ "$strip" = 1 ] && strip --strip-unneeded --remove-section=.comment --remove-section=.note "$dest$slurm_plugindir/spank_msr.so"
     mkdir -p "$dest$plugstack_dir"
     [ -f "$repo/packaging/slurm/plugstack.conf" ] || { echo "stage.sh: packaging/slurm/plugstack.conf is missing" >&2; exit 1; }
@@ -146,15 +158,19 @@ if [ -f "$target/release/libspank_msr.so" ]; then
             -e 's|^\([^#]\)|#\1|' "$repo/packaging/slurm/plugstack.conf"
     } >"$dest$plugstack_dir/msr-restore.conf"
     chmod 0644 "$dest$plugstack_dir/msr-restore.conf"
+    mkdir -p "$dest$datadir"
+    echo "$series" >"$dest$datadir/slurm-series"
+    chmod 0644 "$dest$datadir/slurm-series"
+    inst 0755 "$repo/packaging/slurm/msr-restore-slurm-check" "$libexecdir/msr-restore-slurm-check"
     if [ -f "$repo/packaging/slurm/msr-healthcheck" ]; then
         inst 0755 "$repo/packaging/slurm/msr-healthcheck" /usr/sbin/msr-healthcheck
         inst 0644 "$repo/packaging/slurm/healthcheck.args" /etc/msr-restore/healthcheck.args
         healthcheck_man "$repo/packaging/slurm/msr-healthcheck" "$dest/usr/share/man/man8/msr-healthcheck.8"
         gzip -9nf "$dest/usr/share/man/man8/msr-healthcheck.8"
     fi
-    note "spank_msr: staged ($slurm_plugindir/spank_msr.so)"
+    note "spank_msr: staged ($slurm_plugindir/spank_msr.so, Slurm $series)"
 else
-    note "spank_msr: ABSENT (no $target/release/libspank_msr.so)"
+    note "spank_msr: ABSENT (no $plugin)"
 fi
 
 # PBS: the hook, its install/uninstall scripts and the Torque scripts under

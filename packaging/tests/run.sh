@@ -108,12 +108,12 @@ if [ ! -f "$out/BUILDINFO" ]; then
     bad "no $out/BUILDINFO: run packaging/build.sh"
     finish
 fi
-version="" deb="" rpm="" spank_msr=no allowlists=no pbs_hook=no man_pages=no
+version="" deb="" rpm="" spank_msr=no allowlists=no pbs_hook=no man_pages=no slurm_series="" deb_version="" rpm_release=""
 # shellcheck disable=SC1091
 . "$out/BUILDINFO"
 deb_file=$out/$deb
 rpm_file=$out/$rpm
-echo "run.sh: version $version; SPANK plugin: $spank_msr; allowlists: $allowlists; PBS hook: $pbs_hook; man pages: $man_pages"
+echo "run.sh: version $version (deb $deb_version, rpm release $rpm_release); SPANK plugin: $spank_msr${slurm_series:+ for Slurm $slurm_series}; allowlists: $allowlists; PBS hook: $pbs_hook; man pages: $man_pages"
 
 # ---------------------------------------------------------------------------------------
 echo "== contents and modes"
@@ -183,6 +183,8 @@ EOF
         echo "0755 /usr/sbin/msr-healthcheck"
         echo "0644 /usr/share/man/man8/msr-healthcheck.8.gz"
         echo "0644 /etc/msr-restore/healthcheck.args"
+        echo "0644 /usr/share/msr-restore/slurm-series"
+        echo "0755 /usr/libexec/msr-restore/msr-restore-slurm-check"
     fi
     if [ "$pbs_hook" = yes ]; then
         cat <<EOF
@@ -260,8 +262,9 @@ fi
 # ---------------------------------------------------------------------------------------
 echo "== metadata and scripts"
 f() { dpkg-deb -f "$deb_file" "$1"; }
-t "deb: Package msr-restore, Version $version-1, Architecture amd64" \
-    test "$(f Package) $(f Version) $(f Architecture)" = "msr-restore $version-1 amd64"
+want_deb_version=$version-1${slurm_series:++slurm$slurm_series}
+t "deb: Package msr-restore, Version $want_deb_version, Architecture amd64" \
+    test "$(f Package) $(f Version) $(f Architecture)" = "msr-restore $want_deb_version amd64"
 t "deb: Depends from dpkg-shlibdeps names libc6 ($(f Depends))" grep -q 'libc6 (>=' <<<"$(f Depends)"
 dpkg-deb --ctrl-tarfile "$deb_file" | tar -xO ./conffiles >"$work/conffiles" 2>/dev/null
 awk '$1 == "-" && $3 ~ /^\/etc\// {print $3}' "$work/deb.list" | sort >"$work/etc-files"
@@ -288,7 +291,8 @@ else
     printf '%s\n' "$o" | grep -E '^[EW]: ' | indent 40
 fi
 shell_files=("$repo"/packaging/*.sh "$repo"/packaging/tests/*.sh "$repo/packaging/files/msr-restore-boot"
-    "$repo/packaging/files/msr_restore.nhc" "$repo"/packaging/debian/{postinst,prerm,postrm})
+    "$repo/packaging/files/msr_restore.nhc" "$repo"/packaging/debian/{postinst,prerm,postrm}
+    "$repo/packaging/slurm/msr-restore-slurm-check" "$repo"/spank_msr/*.sh)
 t "shellcheck: ${#shell_files[@]} shell files (boot script, NHC check, maintainer scripts, build and test scripts)" \
     shellcheck -x "${shell_files[@]}"
 # udev rules: every rule is KEY[{attr}]OP"value" pairs separated by commas.
@@ -543,7 +547,52 @@ if [ "$spank_msr" = yes ]; then
     else
         bad "plugstack.conf snippet: active lines, or no plugin line naming the installed .so"; indent <"$snippet"
     fi
-    t "deb: Breaks slurmd of another major.minor than the plugin was built for ($(f Breaks))" grep -q 'slurmd (<<' <<<"$(f Breaks)"
+    # The series: what the packaged plugin declares (plugin_version), in the series file, the
+    # version and Breaks.
+    so_series=$("$repo/spank_msr/plugin-version.sh" --series "$so" 2>&1)
+    t "spank_msr.so declares Slurm $so_series: BUILDINFO, /usr/share/msr-restore/slurm-series and the version say so" \
+        test "$so_series" = "$slurm_series" -a "$(cat "$root/usr/share/msr-restore/slurm-series" 2>&1)" = "$so_series" \
+        -a "$(f Version)" = "$version-1+slurm$so_series"
+    next=$(printf '%02d.%02d' "$((10#${so_series%.*}))" "$((10#${so_series#*.} + 1))")
+    t "deb: Breaks slurmd of another major.minor than the plugin's ($(f Breaks))" \
+        test "$(f Breaks)" = "slurmd (<< $so_series~), slurmd (>= $next~)"
+    t "rpm: Conflicts slurm-slurmd of another major.minor, release 1.slurm$so_series" bash -c \
+        "[ \"\$(rpm -qp --nosignature --conflicts '$rpm_file' | tr '\n' ' ')\" = 'slurm-slurmd < $so_series slurm-slurmd >= $next ' ] &&
+         [ \"\$(rpm -qp --nosignature --qf '%{RELEASE}' '$rpm_file')\" = '1.slurm$so_series' ]"
+    # The post-install check: a stand-in slurmd printing what the real ones print for `slurmd -V`
+    # (Debian 12: "slurm-wlm 22.05.8", Debian 13: "slurm-wlm 24.11.5"; the SLURM suite runs the
+    # check against both real ones). /usr/local/sbin: a site-built Slurm, which Breaks: misses.
+    o=$(inroot /usr/libexec/msr-restore/msr-restore-slurm-check 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q "no slurmd on this node; the SPANK plugin is built for Slurm $so_series only" <<<"$o"; then
+        ok "msr-restore-slurm-check without slurmd: a note, exit 0"
+    else
+        bad "msr-restore-slurm-check without slurmd (exit $rc)"; printf '%s\n' "$o" | indent
+    fi
+    other=22.05.8
+    [ "$so_series" = 22.05 ] && other=24.11.5
+    # shellcheck disable=SC2016 # the stub's own $1
+    stub_slurmd() { printf '#!/bin/sh\n[ "$1" = -V ] && echo "slurm-wlm %s"\n' "$1" >"$root/usr/local/sbin/slurmd"; chmod 755 "$root/usr/local/sbin/slurmd"; }
+    mkdir -p "$root/usr/local/sbin"
+    stub_slurmd "$other"
+    o=$(inroot dpkg -i "/tmp/$(basename "$deb_file")" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q "WARNING: this slurmd will NOT load the SPANK plugin" <<<"$o" &&
+        grep -q "spank_msr.so is built for Slurm $so_series; /usr/local/sbin/slurmd is Slurm $other" <<<"$o"; then
+        ok "dpkg -i with a site-built slurmd $other: installs (exit 0) and post-install warns loudly"
+    else
+        bad "dpkg -i with slurmd $other (exit $rc): expected the loud warning"; printf '%s\n' "$o" | indent
+    fi
+    stub_slurmd "$so_series.1"
+    o=$(inroot dpkg -i "/tmp/$(basename "$deb_file")" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && ! grep -q WARNING <<<"$o" &&
+        inroot /usr/libexec/msr-restore/msr-restore-slurm-check | grep -q "built for Slurm $so_series, as /usr/local/sbin/slurmd ($so_series.1)"; then
+        ok "dpkg -i with slurmd $so_series.1: no warning; the check says they agree"
+    else
+        bad "dpkg -i with slurmd $so_series.1 (exit $rc)"; printf '%s\n' "$o" | indent
+    fi
+    rm -f "$root/usr/local/sbin/slurmd"
     t "msr-healthcheck (HealthCheckProgram) on the clean node: exit 0" \
         inroot msr-healthcheck --root /tmp/t/node --baseline /tmp/t/b/baseline.json --state-dir /tmp/t/nostate --on-drift log
 else
@@ -571,6 +620,75 @@ mkdir -p "$root/var/lib/msr-restore/pbs_hook" && echo '{}' >"$root/var/lib/msr-r
 t "dpkg -P msr-restore" inroot dpkg -P msr-restore
 t "after purge: /etc/msr-restore, the NHC check and /var/lib/msr-restore gone" bash -c \
     "[ ! -e '$root/etc/msr-restore' ] && [ ! -e '$root/etc/nhc/scripts/msr_restore.nhc' ] && [ ! -e '$root/var/lib/msr-restore' ]"
+
+echo "== packages for other Slurm series (packaging/build.sh --slurm-root)"
+# Roots holding another Slurm's headers come from the environment, as for the SLURM suite
+# (tests/slurm/run.sh): MSR_SLURM_ROOT_<MAJOR>_<MINOR>. This suite makes none.
+other_roots=$(compgen -v MSR_SLURM_ROOT_ || true)
+if [ "$spank_msr" != yes ]; then
+    skipped "per-series packages: the plugin is not built"
+elif [ -z "$other_roots" ]; then
+    echo "NOT RUN: packages for another Slurm series: set MSR_SLURM_ROOT_24_11 to a Debian 13 root holding libslurm-dev"
+    skip=$((skip + 1))
+fi
+for v in $other_roots; do
+    [ "$spank_msr" = yes ] || break
+    want=${v#MSR_SLURM_ROOT_}
+    want=${want/_/.}
+    pout=$work/pkg-$want
+    if ! "$repo/packaging/build.sh" --slurm-root "${!v}" --out "$pout" >"$work/build-$want.log" 2>&1; then
+        bad "packaging/build.sh --slurm-root ${!v} ($v)"; indent 30 <"$work/build-$want.log"
+        continue
+    fi
+    pdeb=$(ls "$pout"/*.deb) prpm=$(ls "$pout"/*.rpm)
+    mkdir -p "$pout/x"
+    dpkg-deb -x "$pdeb" "$pout/x"
+    psv=$("$repo/spank_msr/plugin-version.sh" "$pout/x/usr/lib/x86_64-linux-gnu/slurm-wlm/spank_msr.so" 2>&1)
+    pnext=$(printf '%02d.%02d' "$((10#${want%.*}))" "$((10#${want#*.} + 1))")
+    if [ "${psv%.*}" = "$want" ] && [ "$(cat "$pout/x/usr/share/msr-restore/slurm-series")" = "$want" ] &&
+        [ "$(dpkg-deb -f "$pdeb" Version)" = "$version-1+slurm$want" ] &&
+        [ "$(dpkg-deb -f "$pdeb" Breaks)" = "slurmd (<< $want~), slurmd (>= $pnext~)" ] &&
+        [ "$(rpm -qp --nosignature --qf '%{RELEASE}' "$prpm")" = "1.slurm$want" ] &&
+        [ "$(basename "$pdeb")" != "$(basename "$deb_file")" ]; then
+        ok "Slurm $want package: plugin_version $psv, slurm-series $want, Version $version-1+slurm$want, Breaks slurmd outside $want, rpm release 1.slurm$want"
+    else
+        bad "Slurm $want package: plugin $psv, series file '$(cat "$pout/x/usr/share/msr-restore/slurm-series" 2>&1)', $(dpkg-deb -f "$pdeb" Version Breaks | tr '\n' ' ')"
+    fi
+    # Both packages in a copy of that root, whose Debian slurmd is the real one of series $want.
+    sroot=$work/root-$want
+    # --one-file-system: not the /proc or /sys of a SLURM suite running in that root meanwhile.
+    if ! cp -a --one-file-system "${!v}" "$sroot" || ! mount -t proc proc "$sroot/proc"; then
+        bad "copy of ${!v} with /proc"; continue
+    fi
+    mounts+=("$sroot/proc")
+    cp "$deb_file" "$pdeb" "$sroot/tmp/"
+    sin() { chroot "$sroot" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 "$@"; }
+    srel=$(sin slurmd -V 2>&1)
+    if [ "$slurm_series" != "$want" ]; then
+        o=$(sin dpkg -i "/tmp/$(basename "$deb_file")" 2>&1)
+        rc=$?
+        if [ "$rc" != 0 ] && grep -q "installing msr-restore would break slurmd" <<<"$o"; then
+            ok "the Slurm $slurm_series package next to the root's $srel: dpkg refuses it (Breaks)"
+        else
+            bad "the Slurm $slurm_series package next to $srel (exit $rc): expected Breaks to refuse it"; printf '%s\n' "$o" | indent
+        fi
+        o=$(sin dpkg -i --force-breaks "/tmp/$(basename "$deb_file")" 2>&1)
+        rc=$?
+        if [ "$rc" = 0 ] && grep -q "spank_msr.so is built for Slurm $slurm_series; /usr/sbin/slurmd is Slurm ${srel##* }" <<<"$o"; then
+            ok "forced in anyway (--force-breaks): the post-install warns loudly against the real slurmd"
+        else
+            bad "--force-breaks (exit $rc): expected the loud warning"; printf '%s\n' "$o" | indent
+        fi
+    fi
+    o=$(sin dpkg -i "/tmp/$(basename "$pdeb")" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && ! grep -q WARNING <<<"$o" &&
+        sin /usr/libexec/msr-restore/msr-restore-slurm-check | grep -q "built for Slurm $want, as /usr/sbin/slurmd (${srel##* })"; then
+        ok "the Slurm $want package next to the root's $srel: installs without warning; the check agrees"
+    else
+        bad "the Slurm $want package next to $srel (exit $rc)"; printf '%s\n' "$o" | indent
+    fi
+done
 
 echo "== RPM payload in a clean root"
 root2=$work/rpm-root

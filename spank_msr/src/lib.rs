@@ -6,9 +6,10 @@
 //! ([`msr_backend::jobs`]); this crate only maps plugstack.conf arguments to a configuration and
 //! outcomes and errors to SLURM (log lines, return codes, a drain reason).
 //!
-//! Build the plugin with `cargo build --release -p spank_msr --features slurm` (needs
-//! libslurm-dev and libclang-dev); without the feature the library holds only the configuration
-//! and message code, so the workspace builds on machines without Slurm.
+//! Build the plugin with `spank_msr/build-plugin.sh [--slurm-headers DIR]`, once per Slurm
+//! major.minor (it runs `cargo build --release -p spank_msr --features slurm` against that
+//! Slurm's headers; needs libslurm-dev and libclang-dev); without the feature the library holds
+//! only the configuration and message code, so the workspace builds on machines without Slurm.
 //!
 //! In srun, sbatch and salloc (local and allocator contexts) and in job steps the plugin returns
 //! at once: it does nothing privileged and touches no file there.

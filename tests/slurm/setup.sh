@@ -8,6 +8,8 @@
 #
 # Runs as root. Everything goes under $MSR_SLURM_DIR (default /tmp/msr-restore-slurm); an existing
 # etc/plugstack.conf there is kept (run.sh writes it), otherwise an empty one is made.
+# With MSR_SLURM_CHROOT=ROOT the daemons are ROOT's (chrooted; see lib.sh) and nothing is
+# installed: ROOT must hold slurmctld, slurmd, slurm-client and munge.
 # Stop with tests/slurm/stop.sh.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +29,10 @@ done
 [[ $(id -u) == 0 ]] || die "run as root (slurmd runs the plugin's prolog and epilog as root)"
 
 PKGS=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev)
+if [[ -n $MSR_SLURM_CHROOT ]]; then
+    install=0
+    [[ -x $MSR_SLURM_CHROOT/usr/bin/env ]] || die "MSR_SLURM_CHROOT=$MSR_SLURM_CHROOT is not a root directory"
+fi
 if ((install)); then
     missing=()
     for p in "${PKGS[@]}"; do
@@ -39,8 +45,8 @@ if ((install)); then
         apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
     fi
 fi
-for b in munged slurmctld slurmd sinfo scontrol; do
-    command -v "$b" >/dev/null || die "$b not found: install ${PKGS[*]}"
+for b in munged slurmctld slurmd sinfo scontrol sbatch srun; do
+    root_path "$b" >/dev/null || die "$b not found${MSR_SLURM_CHROOT:+ in $MSR_SLURM_CHROOT}: install ${PKGS[*]}"
 done
 ((start)) || exit 0
 
@@ -57,25 +63,28 @@ mkdir -p "$MSR_SLURM_DIR"/{etc,run,log,spool,state,lib,bin,jobs}
 chmod 755 "$MSR_SLURM_DIR" "$MSR_SLURM_DIR"/{etc,lib,bin}
 chmod 1777 "$MSR_SLURM_DIR/jobs"
 rm -rf "$MSR_SLURM_DIR/state"/* "$MSR_SLURM_DIR/spool"/*
+mount_root || die "cannot mount /proc, /sys and $MSR_SLURM_DIR in $MSR_SLURM_CHROOT"
+release=$(slurm_release)
+[[ -n $release ]] || die "slurmd -V prints no version"
 
 # --- munge: our own munged on our own socket, with a copy of the key ------------------------------
+# The munge user is the cluster's (a root has its own uid for it): chown inside the root.
 munge_user=munge
-id "$munge_user" >/dev/null 2>&1 || die "no munge user (is the munge package installed?)"
+in_root id "$munge_user" >/dev/null 2>&1 || die "no munge user (is the munge package installed?)"
 mdir="$MSR_SLURM_DIR/munge"
 mkdir -p "$mdir"
-chown "$munge_user:" "$mdir"
-chmod 755 "$mdir"
 if [[ ! -s $mdir/munge.key ]]; then
-    if [[ -s /etc/munge/munge.key ]]; then
-        cp /etc/munge/munge.key "$mdir/munge.key"
+    if [[ -s $MSR_SLURM_CHROOT/etc/munge/munge.key ]]; then
+        cp "$MSR_SLURM_CHROOT/etc/munge/munge.key" "$mdir/munge.key"
     else
         head -c 1024 /dev/urandom >"$mdir/munge.key"
     fi
 fi
-chown "$munge_user:" "$mdir/munge.key"
+in_root chown "$munge_user:" "$mdir" "$mdir/munge.key"
+chmod 755 "$mdir"
 chmod 600 "$mdir/munge.key"
 rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
-runuser -u "$munge_user" -- munged --socket="$MUNGE_SOCKET" --key-file="$mdir/munge.key" \
+in_root runuser -u "$munge_user" -- munged --socket="$MUNGE_SOCKET" --key-file="$mdir/munge.key" \
     --pid-file="$mdir/munged.pid" --log-file="$mdir/munged.log" --seed-file="$mdir/munged.seed" \
     || die "munged did not start: $(tail -n 5 "$mdir/munged.log" 2>/dev/null)"
 for ((i = 0; i < 50; i++)); do [[ -S $MUNGE_SOCKET ]] && break; sleep 0.1; done
@@ -91,6 +100,15 @@ sed -e "s|@DIR@|$MSR_SLURM_DIR|g" -e "s|@NODE@|$NODE_NAME|g" \
     -e "s|@NODE_LINE@|$node_line|" \
     "$here/slurm.conf.in" >"$SLURM_CONF"
 chmod 644 "$SLURM_CONF"
+# slurmd 23.02 and later load a cgroup plugin at start and fail without a cgroup file system
+# ("No filesystem mounted on /sys/fs/cgroup"): none here, and the test cluster needs none.
+if [[ ${release%%.*} -ge 23 ]]; then
+    printf '# Written by tests/slurm/setup.sh: no cgroups on the test machine.\nCgroupPlugin=disabled\n' \
+        >"$MSR_SLURM_DIR/etc/cgroup.conf"
+    chmod 644 "$MSR_SLURM_DIR/etc/cgroup.conf"
+else
+    rm -f "$MSR_SLURM_DIR/etc/cgroup.conf"
+fi
 [[ -f $MSR_SLURM_DIR/etc/plugstack.conf ]] || : >"$MSR_SLURM_DIR/etc/plugstack.conf"
 chmod 644 "$MSR_SLURM_DIR/etc/plugstack.conf"
 # The health check slurmd runs: a shim that runs the msr-restore health check when a test has
@@ -107,7 +125,7 @@ EOF
 chmod 755 "$MSR_SLURM_DIR/bin/healthcheck"
 
 # --- daemons --------------------------------------------------------------------------------------
-log "starting slurmctld and slurmd ($SLURM_CONF)"
+log "starting Slurm $release slurmctld and slurmd${MSR_SLURM_CHROOT:+ in $MSR_SLURM_CHROOT} ($SLURM_CONF)"
 slurmctld -f "$SLURM_CONF" || die "slurmctld did not start: $(tail -n 5 "$MSR_SLURM_DIR/log/slurmctld.log")"
 "$here/start-slurmd.sh"
 log "node $NODE_NAME is up"
