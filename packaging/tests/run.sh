@@ -622,13 +622,17 @@ t "after purge: /etc/msr-restore, the NHC check and /var/lib/msr-restore gone" b
     "[ ! -e '$root/etc/msr-restore' ] && [ ! -e '$root/etc/nhc/scripts/msr_restore.nhc' ] && [ ! -e '$root/var/lib/msr-restore' ]"
 
 echo "== packages for other Slurm series (packaging/build.sh --slurm-root)"
-# Roots holding another Slurm's headers come from the environment, as for the SLURM suite
-# (tests/slurm/run.sh): MSR_SLURM_ROOT_<MAJOR>_<MINOR>. This suite makes none.
+# Roots holding another Slurm's headers: MSR_SLURM_ROOT_<MAJOR>_<MINOR> from the environment,
+# else the Debian 13 root tests/slurm/make-root.sh makes and caches for the SLURM suite.
+if [ -z "$(compgen -v MSR_SLURM_ROOT_ || true)" ] && [ "$spank_msr" = yes ] &&
+    r=$("$repo/tests/slurm/make-root.sh" 24.11); then
+    export MSR_SLURM_ROOT_24_11=$r
+fi
 other_roots=$(compgen -v MSR_SLURM_ROOT_ || true)
 if [ "$spank_msr" != yes ]; then
     skipped "per-series packages: the plugin is not built"
 elif [ -z "$other_roots" ]; then
-    echo "NOT RUN: packages for another Slurm series: set MSR_SLURM_ROOT_24_11 to a Debian 13 root holding libslurm-dev"
+    echo "NOT RUN: packages for another Slurm series: tests/slurm/make-root.sh could not make a Debian 13 root; set MSR_SLURM_ROOT_24_11 to one holding libslurm-dev"
     skip=$((skip + 1))
 fi
 for v in $other_roots; do

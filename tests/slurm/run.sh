@@ -14,7 +14,9 @@
 #     It adds the user msrtest to the root and, while a cluster runs, mounts /proc, /sys, the
 #     host's /etc/hosts and the scratch directory there (tests/slurm/lib.sh).
 #   else the host, when its own Slurm is that series (the script installs Debian 12's: 22.05).
-#   else the series prints "NOT RUN slurm X.Y: ..." on a line of its own: neither passed nor failed.
+#   else a Debian root that tests/slurm/make-root.sh makes once and caches (24.11: Debian 13).
+#   else (no root could be made, e.g. no network) the series prints "NOT RUN slurm X.Y: ..." on a
+#   line of its own: neither passed nor failed.
 #
 # Per series: builds libspank_msr.so against that Slurm's headers (spank_msr/build-plugin.sh, a
 # target directory per series), starts the cluster, runs the scenarios (scenarios.sh) as the user
@@ -93,8 +95,10 @@ for s in $(printf '%s\n' "${series[@]}" "${SUPPORTED[@]}" | sort -u); do
         ROOT[$s]=$r
     elif [[ ${host_release%.*} == "$s" ]]; then
         ROOT[$s]=""
+    elif r=$("$here/make-root.sh" "$s" 9>&-); then
+        ROOT[$s]=$r
     else
-        [[ -n $asked ]] && echo "NOT RUN slurm $s: the host has Slurm ${host_release:-none}; set $var to a root directory holding Slurm $s (slurmd, slurmctld, slurm-client, munge, libslurm-dev)"
+        [[ -n $asked ]] && echo "NOT RUN slurm $s: the host has Slurm ${host_release:-none} and tests/slurm/make-root.sh could not make a root (see above); set $var to a root directory holding Slurm $s (slurmd, slurmctld, slurm-client, munge, libslurm-dev)"
         RESULT[$s]="NOT RUN"
         continue
     fi
