@@ -132,8 +132,15 @@ pub enum Command {
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
     /// CPU, backend chosen and why, msr-safe version, allowlist state (exit 2 when no
-    /// backend is usable)
-    Info,
+    /// backend is usable); whether this node's slurmd loads the SPANK plugin
+    Info {
+        /// The Slurm series the installed SPANK plugin was built for (written by the packages)
+        #[arg(long, value_name = "FILE", default_value = crate::commands::slurm::SERIES_FILE)]
+        slurm_series_file: PathBuf,
+        /// The slurmd to ask (`slurmd -V`) [default: slurmd on PATH, else /usr/sbin]
+        #[arg(long, value_name = "PATH")]
+        slurmd: Option<PathBuf>,
+    },
     /// Make an emulated node under DIR (regular files standing in for the devices)
     Emulate {
         dir: PathBuf,

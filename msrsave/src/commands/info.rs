@@ -10,6 +10,7 @@ use msr_backend::types::{format_cpu_list, CpuIdentity};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::slurm::{self, SlurmInfo};
 use super::{shown, Context};
 use crate::output::{line, ExitStatus, Report};
 
@@ -43,6 +44,8 @@ pub struct InfoReport {
     /// The shipped allowlist for this CPU, if there is one.
     pub shipped_allowlist: Option<String>,
     pub backend: BackendInfo,
+    /// Whether this node's slurmd loads the SPANK plugin.
+    pub slurm: SlurmInfo,
     #[serde(skip)]
     problems: Vec<String>,
 }
@@ -111,6 +114,7 @@ impl Report for InfoReport {
         for w in &b.warnings {
             line(&mut h, format!("warning         {w}"));
         }
+        line(&mut h, format!("slurm plugin    {}", self.slurm.note));
         h
     }
     fn shell(&self) -> Vec<(&'static str, String)> {
@@ -123,11 +127,23 @@ impl Report for InfoReport {
                     .unwrap_or_default(),
             ),
             ("msr_safe", self.msr_safe.clone().unwrap_or_default()),
+            ("slurm_plugin_series", self.slurm.plugin_series.clone().unwrap_or_default()),
+            ("slurmd", self.slurm.slurmd.clone().unwrap_or_default()),
+            ("slurmd_version", self.slurm.slurmd_version.clone().unwrap_or_default()),
+            (
+                "slurm_compatible",
+                self.slurm.compatible.map_or(String::new(), |c| u8::from(c).to_string()),
+            ),
+            ("slurm_note", self.slurm.note.clone()),
         ]
     }
 }
 
-pub fn info(ctx: &Context) -> Result<InfoReport> {
+pub fn info(
+    ctx: &Context,
+    slurm_series_file: &std::path::Path,
+    slurmd: Option<&std::path::Path>,
+) -> Result<InfoReport> {
     let node = &ctx.node;
     let mut problems = Vec::new();
     let cpu = node
@@ -186,6 +202,7 @@ pub fn info(ctx: &Context) -> Result<InfoReport> {
         lockdown: node.lockdown(),
         shipped_allowlist: shipped,
         backend,
+        slurm: slurm::check(slurm_series_file, slurmd),
         problems,
     })
 }

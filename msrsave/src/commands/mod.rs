@@ -8,6 +8,7 @@ pub mod files;
 pub mod info;
 pub mod job;
 pub mod node_ops;
+pub mod slurm;
 
 use std::path::Path;
 
@@ -34,7 +35,7 @@ pub fn name(command: &Command) -> String {
             AllowlistCommand::Load { .. } => "allowlist load",
             AllowlistCommand::Lint { .. } => "allowlist lint",
         },
-        Command::Info => "info",
+        Command::Info { .. } => "info",
         Command::Emulate { .. } => "emulate",
         Command::Demo { .. } => "demo",
         Command::Config(c) => match c {
@@ -145,7 +146,10 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
         )
         .map(Outcome::of),
         Command::Allowlist(a) => allowlist::run(&ctx()?, a),
-        Command::Info => info::info(&ctx()?).map(Outcome::of),
+        Command::Info {
+            slurm_series_file,
+            slurmd,
+        } => info::info(&ctx()?, slurm_series_file, slurmd.as_deref()).map(Outcome::of),
         Command::Config(c) => config::run(&ctx()?, c),
         Command::Job(j) => job::run(&ctx()?, j),
     }
