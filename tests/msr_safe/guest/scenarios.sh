@@ -385,6 +385,18 @@ scenario_allowlist() {
         diff /tmp/node /tmp/out | sed -n '1,20s/^/    | /p'
     fi
     expect_eq allowlist.al_06_55.entries 399 "$(grep -c '^0x' /tmp/node)"
+    # The most entries 128 KiB holds (decimal MSRs "N 0"): about 17,000 records to read back.
+    for f in /test/al/cases/*-big-max-entries-128KiB; do
+        run msrsave allowlist load "$f"
+        expect_rc allowlist.load_max_entries.exit_0 0
+        al_text >/tmp/node
+        run msrsave allowlist show
+        expect_rc allowlist.show_max_entries.exit_0 0
+        if cmp -s /tmp/out /tmp/node; then pass allowlist.show_max_entries.equals_kernel_read_back; else
+            fail allowlist.show_max_entries.equals_kernel_read_back "differs ($(wc -c </tmp/out) bytes from msrsave, $(wc -c </tmp/node) from the node)"
+        fi
+        info "max entries: $(grep -c '^0x' /tmp/node) entries, $(wc -c </tmp/node) bytes read back"
+    done
     # What msrsave refuses before writing: the loaded list must stay as it was.
     msrsave allowlist load $AL >/dev/null 2>&1
     al_text >/tmp/before
