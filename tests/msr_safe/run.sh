@@ -24,7 +24,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 NOT_RUN_STATUS=77
-GROUPS_ALL=(facts allowlist cycle hotplug removed perms llnl)
+GROUPS_ALL=(facts allowlist cycle hotplug removed fault perms llnl)
 
 if [ -z "${MSR_SAFE_KO:-}" ]; then
     echo "NOT RUN msr_safe: set MSR_SAFE_KO=/path/to/msr-safe.ko (LLNL msr-safe built against the headers of the kernel tests/real_kernel/setup.sh caches; see tests/msr_safe/README.md) and optionally LLNL_MSRSAVE=/path/to/LLNL's static msrsave"

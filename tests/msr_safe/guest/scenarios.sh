@@ -33,6 +33,10 @@ PHYSBASE7=0x20E
 PAT=0x277
 SYSENTER_CS=0x174
 PLATFORM_INFO=0xCE
+# IA32_PKRS: under TCG a write with bits 63:32 set faults (#GP): the one register whose access
+# fails here, and msr-safe turns that into EIO.
+PKRS=0x6E1
+PKRS_FAULT=0xFFFFFFFF00000000
 PHYSBASE7_MASK=0x0000000FFFFFF000
 # Registers outside the allowlist that keep written values: restore must never touch them.
 # shellcheck disable=SC2034 # read by dump and audit_verify (rk-helpers.sh)
@@ -344,6 +348,21 @@ scenario_facts() {
     info "batch of 131073 reads: $(head -n 2 /tmp/out | tr '\n' ';') $(cat /tmp/err); taint $taint_before -> $(cat /proc/sys/kernel/tainted); kernel log:"
     dmesg | sed -n '1,12s/^/INFO   /p'
     expect_eq facts.batch.131073_ops_e2big "ioctl E2BIG" "$(head -n 1 /tmp/out)"
+    # The run phase's per-op EIO: TCG faults (#GP) on a write of IA32_PKRS (0x6E1) with its
+    # reserved bits 63:32 set. The other ops still run; the ioctl returns the first failing op's
+    # errno; the faulting write's msrdata is left as given.
+    printf '0x6E1 0xFFFFFFFFFFFFFFFF\n0xC0000103 0xFFFFFFFF\n' >/tmp/al-pkrs
+    if al_load /tmp/al-pkrs; then
+        run rawmsr batch r:0:$PKRS w:0:$PKRS:$PKRS_FAULT r:1:$TSC_AUX w:2:$TSC_AUX:2 w:3:$PKRS:$PKRS_FAULT
+        info "run phase with two faulting writes (PKRS): $(tr '\n' ';' </tmp/out)"
+        expect_eq facts.batch.run_phase_eio_others_run \
+            "ioctl EIO;op 0 cpu=0 msr=0x6e1 isrdmsr=1 err=0 msrdata=0x0000000000000000 wmask=0xffffffffffffffff;op 1 cpu=0 msr=0x6e1 isrdmsr=0 err=-EIO msrdata=0xffffffff00000000 wmask=0xffffffffffffffff;op 2 cpu=1 msr=0xc0000103 isrdmsr=1 err=0 msrdata=0x0000000000000001 wmask=0x00000000ffffffff;op 3 cpu=2 msr=0xc0000103 isrdmsr=0 err=0 msrdata=0x0000000000000002 wmask=0x00000000ffffffff;op 4 cpu=3 msr=0x6e1 isrdmsr=0 err=-EIO msrdata=0xffffffff00000000 wmask=0xffffffffffffffff;" \
+            "$(tr '\n' ';' </tmp/out)"
+        run rawmsr pwrite /dev/cpu/1/msr_safe $PKRS $PKRS_FAULT
+        expect_eq facts.percpu.faulting_write_eio EIO "$(errno_of /tmp/err)"
+        expect_eq facts.percpu.faulting_write_left_register 0x0 "$(hx "$(rd 1 $PKRS)")"
+        al_load $AL
+    fi
     # With an empty list every op is refused.
     printf '\n' >/tmp/w && rawmsr load $NODE_AL /tmp/w >/dev/null
     run rawmsr batch r:0:$TSC_AUX
@@ -588,6 +607,51 @@ scenario_removed() {
     done
 }
 
+# ------------------------------------------------------------------ fault
+# llnl_file FILE CPU: a save file in LLNL msrsave's raw format (host-endian u64 per CPU 0..3 and
+# per entry of the loaded list, in its order, each value & mask), made from the registers as
+# they are, except PKRS on CPU CPU, recorded with its reserved bits set: restoring it faults.
+llnl_file() {
+    al_text | awk '/^0x/ { print $1, $2 }' >/tmp/order
+    : >"$1"
+    for fc in 0 1 2 3; do
+        vals=""
+        while read -r fm fk; do
+            if [ "$fc" = "$2" ] && [ $((fm)) = $((PKRS)) ]; then
+                fv=$PKRS_FAULT
+            else
+                fv=$(($(rd "$fc" "$fm") & fk))
+            fi
+            vals="$vals $fv"
+        done </tmp/order
+        # shellcheck disable=SC2086
+        rawmsr u64le $vals >>"$1"
+    done
+}
+# A register whose write faults (EIO from msr-safe) during a restore: reported, the rest restored.
+# The save file is LLNL's raw format (ours is sealed by a checksum), so this group needs
+# msrsave to read that format.
+scenario_fault() {
+    { cat $AL; echo "$PKRS 0xFFFFFFFFFFFFFFFF # IA32_PKRS"; } >/tmp/al-fault
+    al_load /tmp/al-fault || return
+    for be in batch safe; do
+        MS=$(msrsave_for $be)
+        llnl_file /tmp/fault-$be.bin 1
+        expect_eq "fault.$be.llnl_file_size" $((4 * 9 * 8)) "$(wc -c </tmp/fault-$be.bin | tr -d ' ')"
+        wr 2 $TSC_AUX 0x7702
+        run $MS --json -r /tmp/fault-$be.bin
+        info_output "restore ($be) of an LLNL file whose PKRS on CPU 1 faults"
+        expect_rc "fault.$be.restore.exit_1" 1
+        expect_eq "fault.$be.restore.only_pkrs_cpu1_failed" "1 0x6e1" "$(cpu_msr_pairs failures | tr '\n' ',' | sed 's/,$//')"
+        expect_eq "fault.$be.restore.failure_is_eio" EIO "$(jobjs failures | head -n 1 >/tmp/obj; jstr code /tmp/obj)"
+        expect_eq "fault.$be.restore.tsc_aux_restored" 0x2 "$(hx "$(rd 2 $TSC_AUX)")"
+        expect_eq "fault.$be.restore.pkrs_unchanged" 0x0 "$(hx "$(rd 1 $PKRS)")"
+        run $MS -r /tmp/fault-$be.bin
+        expect_rc "fault.$be.restore_readable.exit_1" 1
+        expect_grep "fault.$be.restore_readable.names_pkrs_and_eio" '0x0*6e1.*EIO|EIO.*0x0*6e1'
+    done
+}
+
 # ------------------------------------------------------------------ perms
 # Group access as packaging/files/99-msr_safe.rules sets it up (msr-safe's README): msr_safe and
 # msr_batch 0660 group msr-user (900), msr_safe_version 0440 msr-user, msr_allowlist 0660 group
@@ -742,6 +806,17 @@ scenario_llnl() {
     done
     info "process start and exit alone (--version), median: ours $(awk '{ print $1 / 1e6 }' /tmp/t.v1 | median) ms, LLNL $(awk '{ print $1 / 1e6 }' /tmp/t.v2 | median) ms"
 
+    # The fault group's LLNL-format file, made by llnl_file, is what LLNL's msrsave writes.
+    { cat $AL; echo "$PKRS 0xFFFFFFFFFFFFFFFF # IA32_PKRS"; } >/tmp/al-fault
+    if al_load /tmp/al-fault; then
+        run msrsave-llnl /tmp/theirs.bin
+        expect_rc llnl.format.llnl_save_with_pkrs.exit_0 0
+        llnl_file /tmp/mine.bin none
+        if cmp -s /tmp/theirs.bin /tmp/mine.bin; then pass llnl.format.fault_group_file_is_llnl_format; else
+            fail llnl.format.fault_group_file_is_llnl_format "llnl_file differs from LLNL's save: $(cmp /tmp/theirs.bin /tmp/mine.bin 2>&1)"
+        fi
+    fi
+
     # LLNL saves, the job drifts, OUR msrsave -r restores LLNL's raw file.
     al_load $AL || return
     dump B
@@ -772,6 +847,7 @@ case "$SCENARIO" in
     cycle) scenario_cycle ;;
     hotplug) scenario_hotplug ;;
     removed) scenario_removed ;;
+    fault) scenario_fault ;;
     perms) scenario_perms ;;
     llnl) scenario_llnl ;;
     *) fail "scenario.$SCENARIO" "unknown group" ;;

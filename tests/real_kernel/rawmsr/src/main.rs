@@ -38,6 +38,8 @@
 //!                                            msrdata of a read 0x5555555555555555 and wmask
 //!                                            0xAAAAAAAAAAAAAAAA: what the kernel did not touch
 //!                                            shows
+//!   rawmsr u64le VALUE...                    each VALUE as 8 little-endian bytes on stdout (a
+//!                                            negative decimal is taken as its two's complement)
 //! Processes:
 //!   rawmsr runas UID GID[,SUPP...] CMD ARG...  run CMD as UID:GID with exactly the supplementary
 //!                                            groups SUPP (none if not given) and no
@@ -385,7 +387,7 @@ fn al_probe(args: &[String]) -> Result<(), (u8, String)> {
 
 fn run(args: &[String]) -> Result<(), (u8, String)> {
     let usage = || {
-        (2u8, "usage: rawmsr read|write|dump|pread|pwrite|stale|reads|cat|load|al-probe|batch|runas|time ... (see the source)".to_string())
+        (2u8, "usage: rawmsr read|write|dump|pread|pwrite|stale|reads|cat|load|al-probe|batch|u64le|runas|time ... (see the source)".to_string())
     };
     let arg = |i: usize| -> Result<u64, (u8, String)> {
         num(args.get(i).ok_or_else(usage)?).map_err(|m| (2, m))
@@ -543,6 +545,21 @@ fn run(args: &[String]) -> Result<(), (u8, String)> {
                     ),
                 )),
             }
+        }
+        Some("u64le") => {
+            let mut out = Vec::with_capacity(8 * args.len());
+            for a in &args[1..] {
+                // Shell arithmetic prints values with bit 63 set as negative decimals.
+                let v = match num(a) {
+                    Ok(v) => v,
+                    Err(m) => a.parse::<i64>().map_err(|_| (2, m))? as u64,
+                };
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            io::stdout()
+                .write_all(&out)
+                .map_err(|e| (1, format!("stdout: {e}")))?;
+            Ok(())
         }
         Some("al-probe") => al_probe(&args[1..]),
         Some("batch") => batch(&args[1..]),
