@@ -782,22 +782,16 @@ scenario_llnl() {
     m_llnl=$(awk '{ print $1 / 1e6 }' /tmp/t.llnl | median)
     m_batch=$(awk '{ print $1 / 1e6 }' /tmp/t.batch | median)
     m_safe=$(awk '{ print $1 / 1e6 }' /tmp/t.safe | median)
-    info "save of $n_msrs MSRs x 4 CPUs, median of 15 interleaved runs under TCG (only the ratios mean anything; ours: release profile):" \
+    info "save of $n_msrs MSRs x 4 CPUs, median of 15 interleaved runs under TCG (only the ratios mean anything; ours: release profile, static non-PIE like LLNL's):" \
         "LLNL msrsave $m_llnl ms, ours --backend batch $m_batch ms, ours --backend safe $m_safe ms;" \
         "LLNL/batch $(awk -v a="$m_llnl" -v b="$m_batch" 'BEGIN { printf "%.2f", a / b }')," \
         "LLNL/safe $(awk -v a="$m_llnl" -v b="$m_safe" 'BEGIN { printf "%.2f", a / b }')"
     info "raw ns (LLNL, batch, safe): $(cut -d' ' -f1 /tmp/t.llnl | tr '\n' ' ')| $(cut -d' ' -f1 /tmp/t.batch | tr '\n' ' ')| $(cut -d' ' -f1 /tmp/t.safe | tr '\n' ' ')"
-    # Where our time goes: msrsave's own figures, and the floor of one process making one
-    # batch ioctl of as many reads (TSC on each CPU, repeated).
+    # Where our time goes: msrsave's own figures (from its start to the file written).
     for be in batch safe; do
         run msrsave-release --backend $be --json save /tmp/ours-$be.json
         info "ours --backend $be: elapsed_ms $(jval elapsed_ms), read_ms $(jval read_ms)"
     done
-    : >/tmp/t.raw
-    for _ in 1 2 3 4 5 6 7; do
-        rawmsr time rawmsr batch --repeat "$n_msrs" r:0:0x10 r:1:0x10 r:2:0x10 r:3:0x10 >>/tmp/t.raw
-    done
-    info "one process, one batch ioctl of $((n_msrs * 4)) reads (rawmsr): median $(awk '{ print $1 / 1e6 }' /tmp/t.raw | median) ms"
     : >/tmp/t.v1
     : >/tmp/t.v2
     for _ in 1 2 3 4 5 6 7; do
