@@ -787,7 +787,7 @@ scenario_llnl() {
         "LLNL/batch $(awk -v a="$m_llnl" -v b="$m_batch" 'BEGIN { printf "%.2f", a / b }')," \
         "LLNL/safe $(awk -v a="$m_llnl" -v b="$m_safe" 'BEGIN { printf "%.2f", a / b }')"
     info "raw ns (LLNL, batch, safe): $(cut -d' ' -f1 /tmp/t.llnl | tr '\n' ' ')| $(cut -d' ' -f1 /tmp/t.batch | tr '\n' ' ')| $(cut -d' ' -f1 /tmp/t.safe | tr '\n' ' ')"
-    # Where our time goes: msrsave's own figures (from its start to the file written).
+    # Where our time goes: msrsave's own figures (elapsed_ms and read_ms in its JSON report).
     for be in batch safe; do
         run msrsave-release --backend $be --json save /tmp/ours-$be.json
         info "ours --backend $be: elapsed_ms $(jval elapsed_ms), read_ms $(jval read_ms)"
