@@ -264,6 +264,8 @@ scenario_facts() {
     run rawmsr pwrite /dev/cpu/1/msr_safe $PHYSBASE7 0xFFFFFFFFFFFFFFFF
     expect_rc facts.percpu.write_partial_mask.exit_0 0
     expect_eq facts.percpu.write_partial_mask_merges "$(hx16 "($old & ~$PHYSBASE7_MASK) | $PHYSBASE7_MASK")" "$(rd 1 $PHYSBASE7)"
+    # Unlike the stock driver's (flag S), msr-safe's writes leave the taint flags alone.
+    expect_eq facts.percpu.write_does_not_taint "$TAINT_INSMOD" "$(cat /proc/sys/kernel/tainted)"
     wr 1 $PHYSBASE7 "$old"
     # The offset is truncated to 32 bits.
     run rawmsr pread /dev/cpu/3/msr_safe 0x1C0000103
