@@ -199,14 +199,26 @@ fn parsed_part(text: &[u8]) -> &[u8] {
     &text[..end]
 }
 
+/// Which text is parsed: what a writer hands the kernel (its 128 KiB limit applies), or what
+/// the kernel reads back of a loaded list (up to 30 bytes an entry: larger than what was written).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    Written,
+    ReadBack,
+}
+
 /// msr-safe's pass 1 (`parse_next_allowlist_entry` until the end or an error), keeping lines.
 fn scan(text: &[u8]) -> Scan {
+    scan_as(text, Text::Written)
+}
+
+fn scan_as(text: &[u8], kind: Text) -> Scan {
     let mut scan = Scan {
         entries: Vec::new(),
         error: None,
         last_line: 1,
     };
-    if text.len() > MAX_ALLOWLIST_BYTES {
+    if kind == Text::Written && text.len() > MAX_ALLOWLIST_BYTES {
         scan.error = Some(kernel_error(
             Errno::E2BIG,
             1,
@@ -357,7 +369,10 @@ fn kernel_verdict(scan: &Scan) -> Option<KernelParseError> {
 /// returns success and clears its list. It is reported here as ENOMSG (nothing would be loaded);
 /// [`KernelParseError::is_clearing_write`] tells it apart.
 pub fn kernel_parse(text: &[u8]) -> Result<Vec<RawEntry>, KernelParseError> {
-    let scan = scan(text);
+    verdict(scan(text))
+}
+
+fn verdict(scan: Scan) -> Result<Vec<RawEntry>, KernelParseError> {
     match kernel_verdict(&scan) {
         Some(e) => Err(e),
         None => Ok(scan.entries.into_iter().map(|s| s.raw).collect()),
@@ -432,7 +447,20 @@ impl Allowlist {
     /// Parse allowlist text as the kernel does, then require what our devices need (32-bit
     /// addresses).
     pub fn parse(text: &[u8], source: &str) -> Result<Allowlist, AllowlistError> {
-        let raw = kernel_parse(text).map_err(|error| AllowlistError::Parse {
+        Self::from_kernel(kernel_parse(text), source)
+    }
+
+    /// Parse the loaded list as the kernel reads it back: the same grammar, without the limit of
+    /// a write (17,772 entries, the most a 128 KiB write can load, read back as 533 KB).
+    pub fn parse_readback(text: &[u8], source: &str) -> Result<Allowlist, AllowlistError> {
+        Self::from_kernel(verdict(scan_as(text, Text::ReadBack)), source)
+    }
+
+    fn from_kernel(
+        parsed: Result<Vec<RawEntry>, KernelParseError>,
+        source: &str,
+    ) -> Result<Allowlist, AllowlistError> {
+        let raw = parsed.map_err(|error| AllowlistError::Parse {
             source_name: source.to_string(),
             error,
         })?;
@@ -1002,6 +1030,31 @@ mod tests {
         assert!(!e.is_clearing_write() && !e.empties_loaded_list());
         let e = kernel_parse(b"0x10 0\n0x10 1\n").unwrap_err();
         assert!(e.empties_loaded_list());
+    }
+
+    #[test]
+    fn a_readback_larger_than_a_write_parses() {
+        // The most entries a 128 KiB write can load: short, distinct addresses.
+        let mut text = String::new();
+        let mut n = 0u32;
+        while text.len() + format!("{n} 0\n").len() <= MAX_ALLOWLIST_BYTES {
+            text.push_str(&format!("{n} 0\n"));
+            n += 1;
+        }
+        let list = Allowlist::parse(text.as_bytes(), "w").unwrap();
+        assert_eq!(list.len(), 17_772);
+        let back = list.to_kernel_text();
+        assert!(back.len() > 500_000);
+        assert!(
+            Allowlist::parse(back.as_bytes(), "r").is_err(),
+            "the write limit"
+        );
+        assert_eq!(
+            Allowlist::parse_readback(back.as_bytes(), "r")
+                .unwrap()
+                .digest(),
+            list.digest()
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl Setup {
                 allowlist: cfg.allowlist.clone(),
                 allowlist_dirs: cfg.allowlist_dirs.clone(),
                 write: false,
+                survey: false,
             },
         }
     }

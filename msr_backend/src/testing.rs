@@ -214,16 +214,21 @@ impl MachineState {
 
     // -------------------------------------------------------------------------- batch ioctl
 
-    fn precheck(&self, op: &msr_batch_op) -> Result<(), Errno> {
+    /// msrbatch_apply_allowlist: every op's `err` is cleared; an allowlisted op on an online CPU
+    /// gets its `wmask` (0 for a read-only MSR, whose write is then EROFS); offline CPUs and
+    /// MSRs not listed keep the `wmask` they were sent with.
+    fn precheck(&self, op: &mut msr_batch_op) -> Result<(), Errno> {
+        op.err = 0;
         let cpu = CpuId(u32::from(op.cpu));
         if cpu.0 >= self.possible || !self.online.contains(&cpu) {
             return Err(Errno::ENXIO);
         }
-        match self.masks.get(&MsrAddr(op.msr)) {
-            None => Err(Errno::EACCES),
-            Some(m) if op.isrdmsr == 0 && !m.is_writable() => Err(Errno::EROFS),
-            Some(_) => Ok(()),
+        let m = self.masks.get(&MsrAddr(op.msr)).ok_or(Errno::EACCES)?;
+        op.wmask = m.0;
+        if op.isrdmsr == 0 && !m.is_writable() {
+            return Err(Errno::EROFS);
         }
+        Ok(())
     }
 
     fn apply(&mut self, op: &mut msr_batch_op) {
@@ -510,9 +515,10 @@ impl FakeMachine {
 /// - `numops == 0`: `EINVAL`. More ops than the configured ceiling ([`KernelBatch::max_ops`],
 ///   standing in for kmalloc failing): `E2BIG`. Neither copies anything back.
 /// - Pre-check over every op: offline or out-of-range CPU `ENXIO`, MSR not in the loaded
-///   allowlist `EACCES`, write to an MSR whose mask is 0 `EROFS`. If any op fails, no op runs,
-///   the ops are copied back with `err` set on the failing ones (the others keep what was sent)
-///   and the ioctl returns the last failing op's errno.
+///   allowlist `EACCES`, write to an MSR whose mask is 0 `EROFS`; every op's `err` is cleared
+///   first and an allowlisted op on an online CPU gets its `wmask` (as the real module does). If
+///   any op fails, no op runs, the ops are copied back with `err` set on the failing ones and
+///   the ioctl returns the last failing op's errno.
 /// - Run phase, in array order (the order within each CPU is the kernel's; across CPUs it does
 ///   not matter): every op gets `wmask` and `err`; rdmsr first (fault: `-EIO`, no write); a read
 ///   stores the value in `msrdata`; a write stores `(msrdata & wmask) | (old & ~wmask)` and
@@ -828,8 +834,8 @@ impl CpuNodes for KernelCpuNodes {
 /// - open: mode 0600 root:root unless changed ([`AllowlistNode::set_mode`], as udev rules do).
 /// - `read()`: one record per call at the file position (an entry index): the header line plus
 ///   the first entry at index 0, one entry after; `E2BIG` if the buffer is smaller than the
-///   record; 0 past the last entry. The position goes back to 0 on every read that does not
-///   return a record.
+///   record (a zero-byte read included), and the position stays; 0 past the last entry, and the
+///   position goes back to 0, so the next read starts the list over.
 /// - `write()`: 2 bytes or less clears the list and succeeds; more than 128 KiB is `E2BIG`;
 ///   otherwise the text is parsed as the kernel does ([`crate::allowlist::kernel_parse`]): a
 ///   pass-1 error or no entries keeps the old list, a duplicate (`ENOTUNIQ`) leaves it empty.
@@ -881,8 +887,10 @@ pub struct OpenAllowlistNode {
 
 impl std::io::Read for OpenAllowlistNode {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let idx = std::mem::take(&mut self.pos);
+        let idx = self.pos;
         let Some((msr, mask)) = self.machine.with(|s| s.loaded.get(idx).copied()) else {
+            // Past the last record: 0, and the next read starts the list over.
+            self.pos = 0;
             return Ok(0);
         };
         let mut record = String::new();
@@ -891,6 +899,7 @@ impl std::io::Read for OpenAllowlistNode {
         }
         record.push_str(&format!("0x{msr:08X} 0x{mask:016X}\n"));
         if record.len() > buf.len() {
+            // read() stores the position only on success: a retry gets the same record.
             return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
         }
         buf[..record.len()].copy_from_slice(record.as_bytes());
@@ -1055,7 +1064,10 @@ mod tests {
         // Nothing ran.
         assert_eq!(k.register(CpuId(1), MsrAddr(0x199)), 0xaaaa_bbbb);
         assert!(k.writes().is_empty());
-        assert_eq!(ops[0].wmask, 0);
+        // As the real module (tests/msr_safe): an allowlisted op on an online CPU gets its
+        // wmask even when the batch is refused (0 for the read-only MSR); the others keep theirs.
+        let masks: Vec<u64> = ops.iter().map(|o| o.wmask).collect();
+        assert_eq!(masks, vec![0xffff, 0, 0, 0, 0]);
         ops[4] = read(0, 0x11);
         assert_eq!(k.msr_batch(&mut ops), Err(Errno::EACCES));
     }
@@ -1151,6 +1163,34 @@ mod tests {
         assert_eq!(m.batch().msr_batch(&mut ops), Ok(()));
         assert_eq!(ops[0].msrdata, 0x34);
         assert_eq!(m.writes().len(), 1);
+    }
+
+    #[test]
+    fn the_allowlist_node_keeps_its_place_on_e2big_and_starts_over_after_the_end() {
+        use std::io::Read as _;
+        let m = FakeMachine::new([0]);
+        m.allow(MsrAddr(0x10), WriteMask(0));
+        m.allow(MsrAddr(0x199), WriteMask(0xff));
+        let mut f = m.allowlist_node().open(&Caller::ROOT, false).unwrap();
+        let mut big = [0u8; 256];
+        assert_eq!(f.read(&mut big).unwrap(), 60);
+        let mut small = [0u8; 10];
+        assert_eq!(
+            f.read(&mut small).unwrap_err().raw_os_error(),
+            Some(libc::E2BIG)
+        );
+        assert_eq!(
+            f.read(&mut []).unwrap_err().raw_os_error(),
+            Some(libc::E2BIG)
+        );
+        assert_eq!(f.read(&mut big).unwrap(), 30, "the same record after E2BIG");
+        assert_eq!(&big[..11], b"0x00000199 ");
+        assert_eq!(f.read(&mut big).unwrap(), 0);
+        assert_eq!(
+            f.read(&mut big).unwrap(),
+            60,
+            "the list again after the end"
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct BackendRequest {
     /// Whether registers will be written (a read-only caller needs only read access to the
     /// device nodes).
     pub write: bool,
+    /// Try every backend, also those after the one chosen (`msrsave info`: say why each other
+    /// one would or would not do).
+    pub survey: bool,
 }
 
 /// Why a backend was not used.
@@ -129,6 +132,8 @@ pub struct OpenBackend {
     pub allowlist_origin: String,
     pub online: Vec<CpuId>,
     pub skipped: Vec<Skipped>,
+    /// With [`BackendRequest::survey`]: the backends after the chosen one that would work too.
+    pub also_usable: Vec<BackendKind>,
     /// Caveats of the chosen backend (e.g. lockdown will refuse writes).
     pub warnings: Vec<String>,
 }
@@ -176,7 +181,10 @@ pub fn loaded_allowlist(node: &Node) -> Result<Allowlist, SkipReason> {
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(SkipReason::NoLoadedList { path });
     }
-    Ok(Allowlist::parse(&text, &path.display().to_string())?)
+    Ok(Allowlist::parse_readback(
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 struct Chosen {
@@ -246,9 +254,14 @@ type Attempt = Result<(Box<dyn MsrDevice>, Chosen), SkipReason>;
 fn try_batch(node: &Node, req: &BackendRequest) -> Attempt {
     let path = node.path(BATCH_NODE);
     if !path.exists() {
+        let loaded = node.msr_safe().is_some() || node.allowlist_node().exists();
         return Err(SkipReason::Missing {
             path,
-            hint: "msr-safe is not loaded",
+            hint: if loaded {
+                "msr-safe is loaded but has no batch node"
+            } else {
+                "msr-safe is not loaded"
+            },
         });
     }
     if !is_char_device(&path) {
@@ -332,36 +345,46 @@ pub fn open_backend(node: &Node, req: &BackendRequest) -> Result<OpenBackend, Op
         None => BackendKind::ALL.to_vec(),
     };
     let mut skipped = Vec::new();
+    let mut chosen: Option<OpenBackend> = None;
     for kind in order {
         let attempt = match kind {
             BackendKind::Batch => try_batch(node, req),
             BackendKind::Safe => try_safe(node, req, probe),
             BackendKind::Msr => try_msr(node, req, probe),
         };
-        match attempt {
-            Ok((device, chosen)) => {
+        match (attempt, &mut chosen) {
+            (Ok(_), Some(open)) => open.also_usable.push(kind),
+            (Ok((device, c)), None) => {
                 let warnings = if kind == BackendKind::Msr {
                     stock_driver_warnings(node)
                 } else {
                     Vec::new()
                 };
-                return Ok(OpenBackend {
+                chosen = Some(OpenBackend {
                     node: node.clone(),
                     device,
-                    allowlist: chosen.allowlist,
-                    allowlist_origin: chosen.origin,
-                    online,
-                    skipped,
+                    allowlist: c.allowlist,
+                    allowlist_origin: c.origin,
+                    online: online.clone(),
+                    skipped: std::mem::take(&mut skipped),
+                    also_usable: Vec::new(),
                     warnings,
                 });
+                if !req.survey {
+                    break;
+                }
             }
-            Err(reason) => skipped.push(Skipped {
+            (Err(reason), Some(open)) => open.skipped.push(Skipped {
+                backend: kind,
+                reason,
+            }),
+            (Err(reason), None) => skipped.push(Skipped {
                 backend: kind,
                 reason,
             }),
         }
     }
-    Err(NoBackend { skipped }.into())
+    chosen.ok_or_else(|| NoBackend { skipped }.into())
 }
 
 #[cfg(test)]

@@ -25,8 +25,10 @@ pub struct BackendInfo {
     pub msrs: Option<usize>,
     pub writable: Option<usize>,
     pub digest: Option<String>,
-    /// The backends tried before it (or all of them), and why each was skipped.
+    /// The other backends that would not work, and why.
     pub skipped: Vec<Skipped>,
+    /// The other backends that would work too.
+    pub also_usable: Vec<BackendKind>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }
@@ -111,6 +113,15 @@ impl Report for InfoReport {
         for s in &b.skipped {
             line(&mut h, format!("skipped         {s}"));
         }
+        for k in &b.also_usable {
+            let first = b.backend.map(|c| c.to_string()).unwrap_or_default();
+            line(
+                &mut h,
+                format!(
+                    "not used        {k}: usable too; {first} comes first (--backend {k} picks it)"
+                ),
+            );
+        }
         for w in &b.warnings {
             line(&mut h, format!("warning         {w}"));
         }
@@ -127,12 +138,20 @@ impl Report for InfoReport {
                     .unwrap_or_default(),
             ),
             ("msr_safe", self.msr_safe.clone().unwrap_or_default()),
-            ("slurm_plugin_series", self.slurm.plugin_series.clone().unwrap_or_default()),
+            (
+                "slurm_plugin_series",
+                self.slurm.plugin_series.clone().unwrap_or_default(),
+            ),
             ("slurmd", self.slurm.slurmd.clone().unwrap_or_default()),
-            ("slurmd_version", self.slurm.slurmd_version.clone().unwrap_or_default()),
+            (
+                "slurmd_version",
+                self.slurm.slurmd_version.clone().unwrap_or_default(),
+            ),
             (
                 "slurm_compatible",
-                self.slurm.compatible.map_or(String::new(), |c| u8::from(c).to_string()),
+                self.slurm
+                    .compatible
+                    .map_or(String::new(), |c| u8::from(c).to_string()),
             ),
             ("slurm_note", self.slurm.note.clone()),
         ]
@@ -159,7 +178,9 @@ pub fn info(
             .map(|p| shown(&p))
             .ok()
     });
-    let backend = match ctx.setup().open(false) {
+    let mut setup = ctx.setup();
+    setup.request.survey = true;
+    let backend = match setup.open(false) {
         Ok(b) => BackendInfo {
             backend: Some(b.device.kind()),
             device: Some(b.device.describe()),
@@ -168,6 +189,7 @@ pub fn info(
             writable: Some(b.allowlist.writable_count()),
             digest: Some(b.allowlist.digest()),
             skipped: b.skipped,
+            also_usable: b.also_usable,
             warnings: b.warnings,
             error: None,
         },
@@ -187,6 +209,7 @@ pub fn info(
                 writable: None,
                 digest: None,
                 skipped,
+                also_usable: Vec::new(),
                 warnings: Vec::new(),
                 error,
             }

@@ -38,8 +38,11 @@ pub fn parse_release(out: &str) -> Option<String> {
     }
     let release = rest.split_whitespace().next()?;
     let parts: Vec<&str> = release.split('.').collect();
-    (parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
-        .then(|| release.to_string())
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| release.to_string())
 }
 
 fn find_slurmd() -> Option<PathBuf> {
@@ -52,14 +55,18 @@ fn find_slurmd() -> Option<PathBuf> {
 
 /// Compare the series in `series_file` with `slurmd -V` (`slurmd`, else found on PATH and sbin).
 pub fn check(series_file: &Path, slurmd: Option<&Path>) -> SlurmInfo {
-    let plugin_series = std::fs::read_to_string(series_file)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .map(str::trim)
-                .find(|l| l.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())))
-                .map(str::to_string)
-        });
+    let plugin_series = std::fs::read_to_string(series_file).ok().and_then(|t| {
+        t.lines()
+            .map(str::trim)
+            .find(|l| {
+                l.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
+                })
+            })
+            .map(str::to_string)
+    });
     let slurmd = slurmd.map(Path::to_path_buf).or_else(find_slurmd);
     let release = slurmd.as_ref().and_then(|s| {
         Command::new(s)
@@ -105,7 +112,10 @@ mod tests {
     #[test]
     fn releases_as_both_builds_print_them() {
         assert_eq!(parse_release("slurm 24.11.5\n").as_deref(), Some("24.11.5"));
-        assert_eq!(parse_release("slurm-wlm 22.05.8\n").as_deref(), Some("22.05.8"));
+        assert_eq!(
+            parse_release("slurm-wlm 22.05.8\n").as_deref(),
+            Some("22.05.8")
+        );
         assert_eq!(parse_release("slurmd: error: x\n"), None);
         assert_eq!(parse_release("bash 5.2.15\n"), None);
     }
@@ -121,7 +131,11 @@ mod tests {
         std::fs::set_permissions(&slurmd, std::fs::Permissions::from_mode(0o755)).unwrap();
         let i = check(&series, Some(&slurmd));
         assert_eq!(i.compatible, Some(false));
-        assert!(i.note.contains("WILL NOT load") && i.note.contains("24.11"), "{}", i.note);
+        assert!(
+            i.note.contains("WILL NOT load") && i.note.contains("24.11"),
+            "{}",
+            i.note
+        );
         std::fs::write(&series, "24.11\n").unwrap();
         assert_eq!(check(&series, Some(&slurmd)).compatible, Some(true));
         let none = check(&dir.path().join("absent"), Some(&slurmd));
