@@ -147,7 +147,8 @@ impl Finding {
     pub fn detail(&self) -> String {
         match self.problem {
             Problem::Offline => {
-                "in the save file but not online now; its registers were skipped".to_string()
+                "offline: in the save file but not online now; its registers were skipped"
+                    .to_string()
             }
             Problem::Failed { stage, error } => format!("{stage}: {error}"),
             Problem::Mismatch { wrote, read, bits } => format!(
@@ -278,7 +279,7 @@ mod tests {
         assert_eq!(j["code"], "DRIFT");
         assert_eq!(
             Finding::offline(CpuId(7)).to_string(),
-            "CPU 7: in the save file but not online now; its registers were skipped"
+            "CPU 7: offline: in the save file but not online now; its registers were skipped"
         );
         let two = "CPU 1 MSR 0x000001a0: expected 0x0000000000000001 found 0x0000000000000003 (bits 0x0000000000000002)";
         assert_eq!(

@@ -262,24 +262,28 @@ scenario_driver() {
 
 # ------------------------------------------------------------------ save files
 # saved FILE CPU MSR: the value FILE records for MSR on CPU (canonical hex, or the errno name it
-# records), or nothing. msrsave's save file is JSON: "cpus", the allowlist's "entries" and
-# "values", one row per CPU with one value per entry. Parsed once per file into FILE.table.
+# records), or nothing. Asked of msrsave (`show --format json`: per MSR, each distinct value and
+# the CPUs holding it), never read from the file itself. Parsed once per file into FILE.table.
 saved() {
-    [ -s "$1.table" ] || tr -d ' \t\r\n' <"$1" | awk '
+    [ -s "$1.table" ] || $MSRSAVE --json show "$1" | awk '
         function canon(m) { m = tolower(m); sub(/^0x0*/, "", m); if (m == "") m = "0"; return "0x" m }
         {
             s = $0
-            i = index(s, "\"entries\":["); if (!i) exit
-            e = substr(s, i + 11); e = substr(e, 1, index(e, "]") - 1); n = 0
-            while ((j = index(e, "\"msr\":\"")) > 0) { e = substr(e, j + 7); msr[++n] = canon(substr(e, 1, index(e, "\"") - 1)) }
-            i = index(s, "\"cpus\":["); if (!i) exit
-            c = substr(s, i + 8); c = substr(c, 1, index(c, "]") - 1); split(c, cpus, ",")
-            i = index(s, "\"values\":[["); if (!i) exit
-            v = substr(s, i + 11); v = substr(v, 1, index(v, "]]") - 1)
-            nr = split(v, rows, /\],\[/)
-            for (r = 1; r <= nr; r++) {
-                k = split(rows[r], vals, ",")
-                for (x = 1; x <= k; x++) { gsub(/"/, "", vals[x]); print cpus[r], msr[x], (vals[x] ~ /^0x/ ? canon(vals[x]) : vals[x]) }
+            i = index(s, "\"msrs\":["); if (!i) exit
+            s = substr(s, i + 8)
+            n = split(s, rows, /\{"msr":"/)
+            for (r = 2; r <= n; r++) {
+                row = rows[r]
+                msr = canon(substr(row, 1, index(row, "\"") - 1))
+                v = substr(row, index(row, "\"values\":{") + 10)
+                v = substr(v, 1, index(v, "}") - 1)
+                while ((j = index(v, "\"")) > 0) {
+                    v = substr(v, j + 1); key = substr(v, 1, index(v, "\"") - 1)
+                    v = substr(v, index(v, "[") + 1); list = substr(v, 1, index(v, "]") - 1)
+                    v = substr(v, index(v, "]") + 1)
+                    k = split(list, cpus, ",")
+                    for (x = 1; x <= k; x++) print cpus[x], msr, (key ~ /^0x/ ? canon(key) : key)
+                }
             }
         }' >"$1.table"
     awk -v c="$2" -v m="$(hx "$3")" '$1 == c && $2 == m { print $3 }' "$1.table"
@@ -304,7 +308,7 @@ scenario_save() {
     expect_save_json save 4
     if [ -s $W/s1.json ]; then pass save.file_written; else fail save.file_written "no $W/s1.json"; fi
     expect_eq save.writes_no_register "" "$(cat /tmp/w)"
-    expect_eq save.cpus_recorded "0 1 2 3" "$(tr -d ' \t\r\n' <$W/s1.json >/tmp/sf; jlist cpus /tmp/sf)"
+    expect_eq save.cpus_recorded "0-3" "$($MSRSAVE --json show $W/s1.json >/tmp/sf; jval cpu_list /tmp/sf)"
     for c in 0 1 2 3; do
         # The kernel runs a read of /dev/cpu/N/msr on CPU N, and Linux sets TSC_AUX to the CPU
         # number: a read done on the wrong CPU would record another number.
@@ -425,7 +429,7 @@ scenario_refuse() {
     expect_eq refuse.restore.json_ok false "$(jval ok)"
     expect_eq refuse.restore.failures_name_each_register "0 0xc0000103,1 0x20e,1 0xc0000103,2 0xc0000103,3 0xc0000103" \
         "$(cpu_msr_pairs failures | tr '\n' ',' | sed 's/,$//')"
-    n_eperm=$(jobjs failures | grep -c '"error":"EPERM')
+    n_eperm=$(jobjs failures | grep -c '"code":"EPERM"')
     expect_eq refuse.restore.each_failure_is_eperm 5 "$n_eperm"
     expect_eq refuse.restore.no_wrmsr_reached_a_cpu "" "$(cat /tmp/w)"
     expect_eq refuse.restore.save_file_untouched "$sum $mtime" "$(sha256sum $W/s3.json | cut -d' ' -f1) $(stat -c %Y $W/s3.json)"
@@ -529,7 +533,7 @@ scenario_hotplug() {
     info_output "check with CPU 3 offline"
     run $MSRSAVE --json save $W/s4-3cpus.json
     expect_save_json hotplug.save_3_cpus 3
-    expect_eq hotplug.save_3_cpus.cpus_recorded "0 1 2" "$(tr -d ' \t\r\n' <$W/s4-3cpus.json >/tmp/sf; jlist cpus /tmp/sf)"
+    expect_eq hotplug.save_3_cpus.cpus_recorded "0-2" "$($MSRSAVE --json show $W/s4-3cpus.json >/tmp/sf; jval cpu_list /tmp/sf)"
     for c in 0 1 2; do
         expect_eq "hotplug.save_3_cpus.tsc_aux.cpu$c" "$(hx $c)" "$(hx "$(saved $W/s4-3cpus.json $c $TSC_AUX)")"
     done
