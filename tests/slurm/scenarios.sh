@@ -120,7 +120,8 @@ flip() { printf '%016x' $(((0x$1) ^ ($2))); }
 # --- SLURM ----------------------------------------------------------------------------------------
 plugstack() { printf '%s\n' "$*" >"$MSR_SLURM_DIR/etc/plugstack.conf"; }
 SCONTROL=$(root_path scontrol) || die "no scontrol${MSR_SLURM_CHROOT:+ in $MSR_SLURM_CHROOT}"
-PLUG_ARGS="root=$NODE_DIR state_dir=$STATE_DIR scontrol=$SCONTROL"
+JOB_METRICS="$MSR_SLURM_DIR/msr_restore_jobs.prom"
+PLUG_ARGS="root=$NODE_DIR state_dir=$STATE_DIR scontrol=$SCONTROL job_metrics=$JOB_METRICS"
 plugstack "required $PLUGIN $PLUG_ARGS"
 : >"$MSR_SLURM_DIR/etc/healthcheck.args"
 mkdir -p "$JOBS" && chmod 1777 "$JOBS"
@@ -227,6 +228,11 @@ check "the job's state is gone (no job file, no snapshot in $STATE_DIR)" no_stat
 check "slurmd.log: prolog took the snapshot" slurmd_log_has "msr-restore: job $id: first job on the node: snapshot of 4 CPUs x 4 MSRs"
 check "slurmd.log: epilog restored (3 written, 3 verified)" slurmd_log_has "msr-restore: job $id: last job on the node: registers restored (3 written, 3 verified"
 check "node idle after the job ($(node_state))" test "$(node_state)" = IDLE
+check "slurmd.log: what the job changed, per MSR" slurmd_log_has "msr-restore: job $id: the job(s) that held the node changed 3 MSR(s)"
+ac=$(scontrol show job "$id" 2>/dev/null | sed -n 's/.*AdminComment=\(.*\)/\1/p')
+check "the job's AdminComment records the changed MSRs ($ac)" grep -q "changed 3 MSR(s).*0x00000199" <<<"$ac"
+check "job_metrics counts each changed MSR once ($(grep -c '^msr_restore_job_changed_total' "$JOB_METRICS" 2>/dev/null) MSRs)" \
+    grep -q '^msr_restore_job_changed_total{msr="0x00000199",msr_name="IA32_PERF_CTL"} 1$' "$JOB_METRICS"
 
 # --- 2. two overlapping jobs: restore only after both end -------------------------------------------
 echo "== 2. two overlapping jobs: registers restored only when the last one ends"
@@ -340,6 +346,13 @@ check "the health check says so in its output" grep -q "drained $NODE_NAME: msr-
 : >"$MSR_SLURM_DIR/etc/healthcheck.args"
 eval "$(poke_cmd "$NODE_DIR" 1 0x199 "$b")"
 resume_node
+# A message with quotes in it reaches the drain reason whole (msrsave's --format shell line).
+bad="$MSR_SLURM_DIR/bad-baseline.json"
+printf '{"format": "other", "version": 1}\n' >"$bad"
+"$MSR_SLURM_DIR/bin/msr-healthcheck" --baseline "$bad" --root "$NODE_DIR" --state-dir "$STATE_DIR" --msrsave "$MSRSAVE" >/dev/null
+r=$(node_reason)
+check "a quoted message stays whole in the drain reason ($r)" grep -qF 'format is "other", not "msr-restore-snapshot"' <<<"$r"
+resume_node
 
 # --- 6. a bad argument in plugstack.conf ------------------------------------------------------------
 echo "== 6. a bad plugstack.conf argument: required stops slurmd at start, optional logs it"
@@ -396,6 +409,23 @@ for o in $OTHER_PLUGINS; do
         test $rc = 1 -a -n "$(grep -F "spank_msr.so is built for Slurm $os; $SLURMD_PATH is Slurm $RELEASE." <<<"$out")"
 done
 plugstack "required $PLUGIN $PLUG_ARGS"
+
+# --- 8. a job slurmd forgot ------------------------------------------------------------------------
+echo "== 8. a registered job slurmd no longer runs (its epilog never ran) is ended by the next prolog"
+restart_slurmd --allow-drain
+resume_node
+# What a slurmd crash leaves: a registration and the snapshot of the node before it.
+b=$(reg "$NODE_DIR" 0 0x199)
+"$MSRSAVE" --root "$NODE_DIR" --set "state_dir=$STATE_DIR" job begin 999999 >/dev/null
+touch -d '10 minutes ago' "$STATE_DIR/jobs/999999"
+eval "$(poke_cmd "$NODE_DIR" 0 0x199 "$(flip "$b" 0x0F)")"
+id=$(submit "true")
+st=$(wait_job "$id")
+check "job $id completed ($st)" test "$st" = COMPLETED
+check "slurmd.log: the forgotten job 999999 was ended, saying why" \
+    slurmd_log_has "msr-restore: job 999999 ended by reconciliation: registered"
+check "the node was restored to the state before job 999999 ($(reg "$NODE_DIR" 0 0x199))" test "$(reg "$NODE_DIR" 0 0x199)" = "$b"
+check "no state left" no_state_left
 restart_slurmd
 
 # --- performance: what the plugin adds to a job on a 256-CPU node ------------------------------------
