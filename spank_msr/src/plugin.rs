@@ -82,16 +82,58 @@ fn fail(cfg: &Config, what: &str, msg: String) -> Box<dyn Error> {
     format!("{what}: {msg}").into()
 }
 
-/// slurmd's view of the jobs on this node: the job ids of the steps its slurmstepds run,
-/// asked on the node itself (`scontrol listpids` reads slurmd's spool directory, not the
-/// controller).
+/// Run squeue (beside scontrol) with `args`; its stdout, or why it failed.
+fn squeue(cfg: &Config, args: &[String]) -> Result<String, String> {
+    let path = cfg
+        .scontrol
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| "squeue".into(), |d| d.join("squeue"));
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{} {} ({}): {}",
+            path.display(),
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", path.display())),
+    }
+}
+
+/// The jobs SLURM runs on this node: slurmd's own view (the job steps its slurmstepds run,
+/// `scontrol listpids`, read on the node) and, so that a job allocated here without a step yet
+/// (salloc) is never taken for gone, the controller's list of the node's jobs (`squeue -w`). A
+/// job in either is running; when either cannot be asked, nothing is ended.
 fn scheduler_view(cfg: &Config) -> SchedulerView {
-    match scontrol(cfg, &["listpids".to_string()]) {
-        Ok(out) => SchedulerView::Running {
-            jobs: report::listpids_jobs(&out),
-            source: "slurmd (scontrol listpids)".to_string(),
-        },
-        Err(why) => SchedulerView::Unknown { why },
+    let steps = match scontrol(cfg, &["listpids".to_string()]) {
+        Ok(out) => report::listpids_jobs(&out),
+        Err(why) if why.contains(report::NO_STEPS) => Default::default(),
+        Err(why) => return SchedulerView::Unknown { why },
+    };
+    let node = node_name();
+    let allocated = match squeue(
+        cfg,
+        &[
+            "-h".into(),
+            "-w".into(),
+            node.clone(),
+            "-o".into(),
+            "%A".into(),
+        ],
+    ) {
+        Ok(out) => out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        Err(why) => return SchedulerView::Unknown { why },
+    };
+    SchedulerView::Running {
+        jobs: steps.into_iter().chain(allocated).collect(),
+        source: format!("slurmd (scontrol listpids) and the controller (squeue -w {node})"),
     }
 }
 
@@ -120,22 +162,6 @@ fn reconcile(cfg: &Config, regs: &Setup, own: &str) {
             LogLevel::Error,
             &format!("reconciliation failed: {}", msr_backend::error::chain(&e)),
         ),
-    }
-}
-
-/// Record what the jobs changed in the job's AdminComment (visible in `scontrol show job` and
-/// `sacct -o AdminComment`), best effort.
-fn admin_comment(cfg: &Config, job: &str, line: &str) {
-    let args = [
-        "update".to_string(),
-        format!("jobid={job}"),
-        format!("admincomment={}", report::drain_reason(line)),
-    ];
-    if let Err(e) = scontrol(cfg, &args) {
-        log(
-            LogLevel::Verbose,
-            &format!("could not record the changed MSRs in job {job}'s AdminComment: {e}"),
-        );
     }
 }
 
@@ -205,7 +231,6 @@ unsafe impl Plugin for SpankMsr {
                 if let jobs::JobError::RestoreIncomplete { summary, .. } = &e {
                     if let Some(line) = report::changed_line(&job, summary) {
                         log(LogLevel::Info, &line);
-                        admin_comment(&cfg, &job, &line);
                     }
                 }
                 return Err(fail(
@@ -219,7 +244,6 @@ unsafe impl Plugin for SpankMsr {
         if let EndOutcome::Restored(s) = &outcome {
             if let Some(line) = report::changed_line(&job, s) {
                 log(LogLevel::Info, &line);
-                admin_comment(&cfg, &job, &line);
             }
             if let Some(path) = &cfg.node.job_metrics {
                 if let Err(e) = msr_backend::metrics::record_job_changes(path, &s.changed) {

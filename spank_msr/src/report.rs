@@ -53,7 +53,7 @@ pub fn drift_message(job: &str, s: &RestoreSummary) -> String {
     )
 }
 
-/// What the jobs on the node changed, for the log and the job's AdminComment: one line, per
+/// What the jobs on the node changed, for slurmd's log: one line, per
 /// MSR (name, CPUs, bits), or `None` when nothing had changed.
 pub fn changed_line(job: &str, s: &RestoreSummary) -> Option<String> {
     if s.changed.is_empty() {
@@ -67,6 +67,10 @@ pub fn changed_line(job: &str, s: &RestoreSummary) -> Option<String> {
         list.join("; ")
     ))
 }
+
+/// What `scontrol listpids` says (exit status 1) when no job step runs on the node: an answer,
+/// not a failure.
+pub const NO_STEPS: &str = "No job steps exist on this node";
 
 /// The job ids in `scontrol listpids` output (`PID JOBID STEPID LOCALID GLOBALID` rows).
 pub fn listpids_jobs(out: &str) -> std::collections::BTreeSet<String> {

@@ -229,8 +229,6 @@ check "slurmd.log: prolog took the snapshot" slurmd_log_has "msr-restore: job $i
 check "slurmd.log: epilog restored (3 written, 3 verified)" slurmd_log_has "msr-restore: job $id: last job on the node: registers restored (3 written, 3 verified"
 check "node idle after the job ($(node_state))" test "$(node_state)" = IDLE
 check "slurmd.log: what the job changed, per MSR" slurmd_log_has "msr-restore: job $id: the job(s) that held the node changed 3 MSR(s)"
-ac=$(scontrol show job "$id" 2>/dev/null | sed -n 's/.*AdminComment=\(.*\)/\1/p')
-check "the job's AdminComment records the changed MSRs ($ac)" grep -q "changed 3 MSR(s).*0x00000199" <<<"$ac"
 check "job_metrics counts each changed MSR once ($(grep -c '^msr_restore_job_changed_total' "$JOB_METRICS" 2>/dev/null) MSRs)" \
     grep -q '^msr_restore_job_changed_total{msr="0x00000199",msr_name="IA32_PERF_CTL"} 1$' "$JOB_METRICS"
 
@@ -345,6 +343,8 @@ check "drain reason names the drift ($r)" grep -q "msr-restore health check: MSR
 check "the health check says so in its output" grep -q "drained $NODE_NAME: msr-restore health check: MSR drift" "$MSR_SLURM_DIR/log/healthcheck.log"
 : >"$MSR_SLURM_DIR/etc/healthcheck.args"
 eval "$(poke_cmd "$NODE_DIR" 1 0x199 "$b")"
+# Let a health check slurmd started before the args were emptied finish (HealthCheckInterval=5).
+sleep 6
 resume_node
 # A message with quotes in it reaches the drain reason whole (msrsave's --format shell line).
 bad="$MSR_SLURM_DIR/bad-baseline.json"
