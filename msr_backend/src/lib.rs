@@ -22,6 +22,7 @@ pub mod msrs;
 pub mod node;
 pub mod operations;
 pub mod plan;
+pub mod policy;
 pub mod restore;
 pub mod savefile;
 pub mod snapshot;

@@ -245,10 +245,37 @@ pub enum AllowlistCommand {
         #[arg(long)]
         auto: bool,
     },
-    /// Check allowlist files as the kernel would parse them, and warn about surprises
+    /// Check allowlist files as the kernel would parse them, and warn about surprises; with the
+    /// CPU model (from --cpu, or a file named al_FF_MM), also about MSRs and writable bits our
+    /// tables do not know for it, and with --policy about what the site policy does not allow
     Lint {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The CPU model the lists are for, as FF_MM in hex (default: from each file's name)
+        #[arg(long, value_name = "FF_MM")]
+        cpu: Option<String>,
+        /// Also check the lists against this site policy
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+    },
+    /// Make the msr-safe allowlist of a CPU model from a site policy (docs/policy.md), in the
+    /// kernel's read-back form under a header that says what produced it; the same policy gives
+    /// the same bytes on every run
+    Compile {
+        /// The site policy (TOML)
+        policy: PathBuf,
+        /// The CPU model, as FF_MM in hex (e.g. 06_55) [default: this node's]
+        #[arg(long, value_name = "FF_MM", conflicts_with = "all")]
+        cpu: Option<String>,
+        /// Every model our tables know (one file each in --out-dir)
+        #[arg(long, requires = "out_dir")]
+        all: bool,
+        /// Write the list to FILE instead of stdout
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["all", "out_dir"])]
+        output: Option<PathBuf>,
+        /// Write each list to DIR/al_FF_MM
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 

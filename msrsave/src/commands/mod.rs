@@ -34,6 +34,7 @@ pub fn name(command: &Command) -> String {
             AllowlistCommand::Select => "allowlist select",
             AllowlistCommand::Load { .. } => "allowlist load",
             AllowlistCommand::Lint { .. } => "allowlist lint",
+            AllowlistCommand::Compile { .. } => "allowlist compile",
         },
         Command::Info { .. } => "info",
         Command::Emulate { .. } => "emulate",
