@@ -15,6 +15,7 @@ pub mod device;
 pub mod emulate;
 pub mod error;
 pub mod finding;
+pub mod fleet;
 pub mod fsio;
 pub mod jobs;
 pub mod metrics;

@@ -167,6 +167,10 @@ pub enum Command {
     /// The configuration in effect (file, $MSR_RESTORE_CONFIG, --set): for scripts and admins
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Compare nodes across a cluster: per-node fingerprints of the fields the site policy
+    /// names, and a comparison that reports every node whose field breaks its policy
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Run the whole cycle on a temporary emulated node and print what happened
     Demo {
         /// CPUs of the emulated node
@@ -219,6 +223,45 @@ pub enum JobCommand {
     Reconcile {
         #[command(flatten)]
         args: JobArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// This node's fingerprint: for each field under a comparing policy (fleet_equal, static,
+    /// subset, superset), its values and the CPUs that hold them, with the CPU model, microcode,
+    /// kernel and allowlist digest. One JSON line with --format json (what fleet compare reads)
+    Fingerprint {
+        /// The site policy [default: `policy` in the configuration]
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// Fingerprint this save file (e.g. the boot baseline) instead of the node's registers
+        #[arg(long, value_name = "SAVE_FILE")]
+        from: Option<PathBuf>,
+        /// Also write the fingerprint (one JSON line) to FILE, atomically
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The node's name in the comparison [default: the host name, or the save file's]
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+        /// A label for grouping (`[fleet] group_by = ["label:NAME"]`), repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Compare fingerprints (or save files): group nodes by CPU model (and what the policy's
+    /// [fleet] group_by names) and report every node whose field breaks its policy, with the
+    /// group's majority value and how many nodes agree; exit 1 on a violation
+    Compare {
+        /// Fingerprint files (one JSON object per line; `host: ` prefixes as pdsh and clush
+        /// print them are accepted), save files, directories of them, or - for standard input
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// The site policy [default: `policy` in the configuration]
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// Also write node_exporter textfile metrics (violations per node) to this file
+        #[arg(long, value_name = "PROM_FILE")]
+        prometheus: Option<PathBuf>,
     },
 }
 
