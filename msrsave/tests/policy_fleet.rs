@@ -23,7 +23,10 @@ const PKG: u32 = 0x610;
 const UNCORE: u32 = 0x620;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
 }
 
 fn msrsave_cmd() -> Command {
@@ -688,4 +691,45 @@ fn the_collection_script_gathers_with_srun_pdsh_and_clush() {
         .unwrap();
     assert_exit(&o, 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--nodes"));
+}
+
+#[test]
+fn the_boot_unit_writes_a_fingerprint_beside_the_baseline() {
+    let t = tempfile::tempdir().unwrap();
+    let n = Node::new(t.path(), "node", 4);
+    let policy = t.path().join("policy.toml");
+    std::fs::write(&policy, FLEET_POLICY).unwrap();
+    let baseline = t.path().join("var/baseline.json");
+    let conf = t.path().join("msr-restore.conf");
+    let boot = |policy_line: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "allowlist_dir = {}\nbaseline = {}\n{policy_line}\n",
+                s(&repo().join("allowlists")),
+                s(&baseline)
+            ),
+        )
+        .unwrap();
+        Command::new(repo().join("packaging/files/msr-restore-boot"))
+            .env("MSR_RESTORE_CONFIG", &conf)
+            .env("MSR_RESTORE_ROOT", &n.root)
+            .env("MSRSAVE", env!("CARGO_BIN_EXE_msrsave"))
+            .output()
+            .unwrap()
+    };
+    let fp = t.path().join("var/baseline.fingerprint.json");
+    let o = boot(&format!("policy = {}", s(&policy)));
+    assert_exit(&o, 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("fingerprint written to"));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&fp).unwrap()).unwrap();
+    assert_eq!(
+        (j["fingerprint"].as_u64(), j["cpu_model"].as_str()),
+        (Some(1), Some("06_55"))
+    );
+    // Without a policy: a baseline and no fingerprint, and the unit still succeeds.
+    std::fs::remove_file(&fp).unwrap();
+    let o = boot("policy =");
+    assert_exit(&o, 0);
+    assert!(baseline.exists() && !fp.exists());
 }
