@@ -587,6 +587,9 @@ fn script(path: &Path, text: &str) {
 /// Stand-ins for srun, pdsh and clush that run the remote command once per emulated node
 /// (named in $STUB_NODES), with the node's configuration, Slurm's node name variable (srun) or a
 /// `hostname` that answers the node's name (pdsh, clush), and the tool's `host: ` prefixes.
+/// Observed on the real tools (pdsh 2.34 and clustershell 1.9.1, Debian 12, with their exec
+/// workers: `pdsh -R exec -w n1,n2 ...`, `clush -R exec -w n1,n2 ...`): each output line is
+/// `host: line`, hosts in any order. The real srun is `tests/slurm/fleet.sh`'s.
 fn stubs(dir: &Path) -> PathBuf {
     let bin = dir.join("stub-bin");
     std::fs::create_dir_all(&bin).unwrap();

@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use crate::types::{CpuIdentity, MsrAddr, WriteMask};
 
+// Generated (allowlists/gen_models.py --check compares it byte for byte): rustfmt leaves it.
+#[rustfmt::skip]
 #[path = "models_data.rs"]
 mod data;
 
