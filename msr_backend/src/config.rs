@@ -81,6 +81,11 @@ pub const KEYS: &[Key] = &[
         doc: "a node_exporter textfile counting, per MSR, the job ends at which it differed from the snapshot (empty: none)",
     },
     Key {
+        name: "policy",
+        default: crate::policy::DEFAULT_POLICY,
+        doc: "the site policy (docs/policy.md) the health check and fleet commands honour; the default file is used only if present (empty: none)",
+    },
+    Key {
         name: "lock_timeout",
         default: "60",
         doc: "seconds a job begin or end waits for the node lock (1 to 3600)",
@@ -206,6 +211,9 @@ pub struct Config {
     pub on_drift: OnDrift,
     /// Where the per-MSR counters of what jobs changed go (node_exporter textfile).
     pub job_metrics: Option<PathBuf>,
+    /// The site policy file (the default path counts only if the file exists: see
+    /// [`crate::policy::configured`]).
+    pub policy: Option<PathBuf>,
     /// Seconds.
     #[serde(serialize_with = "seconds")]
     #[schemars(with = "u64")]
@@ -227,6 +235,7 @@ impl Default for Config {
             root: None,
             on_drift: OnDrift::Drain,
             job_metrics: None,
+            policy: Some(PathBuf::from(crate::policy::DEFAULT_POLICY)),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
@@ -282,6 +291,7 @@ impl Config {
             "baseline" => self.baseline = absolute_path(value).map_err(bad)?,
             "root" => self.root = optional_path(value)?,
             "job_metrics" => self.job_metrics = optional_path(value)?,
+            "policy" => self.policy = optional_path(value)?,
             "on_drift" => {
                 self.on_drift = match value {
                     "drain" => OnDrift::Drain,
@@ -332,6 +342,7 @@ impl Config {
             "baseline" => self.baseline.display().to_string(),
             "root" => path(&self.root),
             "job_metrics" => path(&self.job_metrics),
+            "policy" => path(&self.policy),
             "on_drift" => self.on_drift.to_string(),
             "lock_timeout" => self.lock_timeout.as_secs().to_string(),
             _ => return None,

@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 use crate::node::{Node, ALLOWLIST_NODE, CPUINFO, MSR_SAFE_VERSION, ONLINE_CPUS, OSRELEASE};
 use crate::types::{CpuId, CpuIdentity, MsrAddr};
 
+/// The microcode revision an emulated node's /proc/cpuinfo reports.
+pub const EMULATED_MICROCODE: &str = "0x2007006";
 /// The msr-safe version an emulated node claims.
 pub const EMULATED_MSR_SAFE_VERSION: &str = "1.8.0";
 pub const EMULATED_KERNEL_RELEASE: &str = "emulated";
@@ -267,7 +269,7 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
     let mut cpuinfo = String::new();
     for cpu in 0..spec.cpus {
         cpuinfo.push_str(&format!(
-            "processor\t: {cpu}\nvendor_id\t: {}\ncpu family\t: {}\nmodel\t\t: {}\nmodel name\t: emulated CPU\n\n",
+            "processor\t: {cpu}\nvendor_id\t: {}\ncpu family\t: {}\nmodel\t\t: {}\nmodel name\t: emulated CPU\nmicrocode\t: {EMULATED_MICROCODE}\n\n",
             spec.identity.vendor, spec.identity.family, spec.identity.model
         ));
     }

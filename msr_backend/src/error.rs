@@ -12,6 +12,7 @@ use crate::device::select::OpenError;
 use crate::device::DeviceError;
 use crate::fsio::InputError;
 use crate::node::NodeError;
+use crate::policy::PolicyError;
 use crate::savefile::SaveFileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,6 +42,9 @@ pub enum Error {
 
     #[error(transparent)]
     Open(#[from] OpenError),
+
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 
     #[error("{path}")]
     Io {

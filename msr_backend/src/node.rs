@@ -120,9 +120,9 @@ impl Node {
         Ok(cpus)
     }
 
-    /// Vendor, family and model of the first processor in `/proc/cpuinfo` (read only as far as
-    /// its first block: the whole file is megabytes on a large node).
-    pub fn cpu_identity(&self) -> Result<CpuIdentity> {
+    /// The first processor's block of `/proc/cpuinfo` (read only as far as that block: the whole
+    /// file is megabytes on a large node).
+    fn first_cpuinfo_block(&self) -> Result<(PathBuf, String)> {
         use std::io::BufRead;
         let p = self.path(CPUINFO);
         let f = fsio::open_input(&p, Expect::Regular, Links::Follow)?;
@@ -138,7 +138,21 @@ impl Node {
             first_block.push_str(&line);
             first_block.push('\n');
         }
+        Ok((p, first_block))
+    }
+
+    /// Vendor, family and model of the first processor in `/proc/cpuinfo`.
+    pub fn cpu_identity(&self) -> Result<CpuIdentity> {
+        let (p, first_block) = self.first_cpuinfo_block()?;
         parse_cpuinfo(&first_block).ok_or(NodeError::NoCpuIdentity { path: p })
+    }
+
+    /// The microcode revision the kernel reports for the first processor (`/proc/cpuinfo`'s
+    /// `microcode` line, `0x2007006`); `None` where it has none (virtual machines) or it cannot be
+    /// read.
+    pub fn microcode(&self) -> Option<String> {
+        let (_, block) = self.first_cpuinfo_block().ok()?;
+        cpuinfo_value(&block, "microcode").map(str::to_string)
     }
 
     /// The kernel release (`uname -r`) of this node.
@@ -235,6 +249,16 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// The value of `key` in a cpuinfo block (`key\t: value`).
+fn cpuinfo_value<'t>(block: &'t str, key: &str) -> Option<&'t str> {
+    block.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key)
+            .then(|| v.trim())
+            .filter(|v| !v.is_empty())
+    })
+}
+
 fn parse_cpuinfo(text: &str) -> Option<CpuIdentity> {
     let mut vendor = None;
     let mut family = None;
@@ -279,6 +303,9 @@ mod tests {
             }
         );
         assert!(parse_cpuinfo("processor: 0\n").is_none());
+        let t = "processor\t: 0\nmicrocode\t: 0x2007006\ncpu MHz\t\t: 2100.000\n";
+        assert_eq!(cpuinfo_value(t, "microcode"), Some("0x2007006"));
+        assert_eq!(cpuinfo_value(t, "model"), None);
     }
 
     #[test]

@@ -297,8 +297,13 @@ fn shipped_lists_are_selected_ahead_of_msr_safes() {
 fn shipped_lists_are_derived_from_the_reference_facts() {
     let reference = reference_dir();
     let shipped = shipped_dir();
-    let ours = |n: &str| pairs(&read(&shipped.join(n)));
-    let theirs = |n: &str| pairs(&read(&reference.join(n)));
+    // Compiled lists are in address order; msr-safe's are in their own order.
+    let sorted = |mut v: Vec<(u64, u64)>| {
+        v.sort_unstable();
+        v
+    };
+    let ours = |n: &str| sorted(pairs(&read(&shipped.join(n))));
+    let theirs = |n: &str| sorted(pairs(&read(&reference.join(n))));
     let template = |n: &str| template_addresses(&read(&reference.join(n)));
 
     // Skylake-SP and Broadwell-X: the v1.7.0 lists, entry for entry.
@@ -370,4 +375,77 @@ fn shipped_lists_are_derived_from_the_reference_facts() {
     assert_eq!(icx.get(&0x65C), Some(&0x0001_ffff_00ff_ffff));
     // Not in Ice Lake-SP's template, so not in our list.
     assert_eq!(icx.get(&0x620), None);
+}
+
+/// The per-model tables (msr_backend/src/msrs/models_data.rs, made by allowlists/gen_models.py)
+/// hold what the reference says: every MSR of the model's template(s) and active lists, and as
+/// writable bits exactly the masks of the lists allowlists/README.md names.
+#[test]
+fn model_tables_hold_the_reference_facts() {
+    use msr_backend::msrs::models::model;
+    let reference = reference_dir();
+    let theirs =
+        |n: &str| -> BTreeMap<u64, u64> { pairs(&read(&reference.join(n))).into_iter().collect() };
+    let template = |n: &str| template_addresses(&read(&reference.join(n)));
+    let table = |id: &str| -> BTreeMap<u64, Option<u64>> {
+        model(id.parse().unwrap())
+            .unwrap_or_else(|| panic!("no table for {id}"))
+            .msrs
+            .iter()
+            .map(|m| (u64::from(m.addr), m.writable))
+            .collect()
+    };
+    // Skylake-SP, Broadwell-X: template MSRs (writable unknown) and the v1.7.0 lists' masks.
+    for (id, tmpl, v170) in [
+        ("06_55", "al_06_55", "v1.7.0/al_0655"),
+        ("06_4F", "al_06_4F", "v1.7.0/al_064f"),
+    ] {
+        let t = table(id);
+        let facts = theirs(v170);
+        let addrs: BTreeSet<u64> = template(tmpl)
+            .into_keys()
+            .chain(facts.keys().copied())
+            .collect();
+        assert_eq!(t.keys().copied().collect::<BTreeSet<_>>(), addrs, "{id}");
+        for (a, w) in &t {
+            assert_eq!(*w, facts.get(a).copied(), "{id} {a:#x}");
+        }
+    }
+    // AMD.
+    let zen3 = theirs("al_19_21");
+    assert_eq!(
+        table("19_21"),
+        zen3.iter().map(|(a, m)| (*a, Some(*m))).collect()
+    );
+    let milan = table("19_1");
+    assert_eq!(
+        milan.keys().copied().collect::<BTreeSet<_>>(),
+        template("al_19_1").into_keys().collect()
+    );
+    for (a, w) in &milan {
+        assert_eq!(*w, zen3.get(a).copied(), "19_1 {a:#x}");
+    }
+    // Ice Lake-SP and Sapphire Rapids: template MSRs; every known mask is a v1.7.0 fact.
+    for (id, tmpls, sources) in [
+        (
+            "06_6A",
+            &["al_06_6A"][..],
+            &["v1.7.0/al_066a", "v1.7.0/al_0655", "v1.7.0/al_064f"][..],
+        ),
+        (
+            "06_8F",
+            &["al_06_8F", "contribs/riken/al_06_8F"][..],
+            &["v1.7.0/al_0655", "v1.7.0/al_064f"][..],
+        ),
+    ] {
+        let t = table(id);
+        let addrs: BTreeSet<u64> = tmpls.iter().flat_map(|n| template(n).into_keys()).collect();
+        assert_eq!(t.keys().copied().collect::<BTreeSet<_>>(), addrs, "{id}");
+        let facts: Vec<BTreeMap<u64, u64>> = sources.iter().map(|s| theirs(s)).collect();
+        for (a, w) in &t {
+            if let Some(w) = w {
+                assert_eq!(facts.iter().find_map(|f| f.get(a)), Some(w), "{id} {a:#x}");
+            }
+        }
+    }
 }

@@ -167,6 +167,10 @@ pub enum Command {
     /// The configuration in effect (file, $MSR_RESTORE_CONFIG, --set): for scripts and admins
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Compare nodes across a cluster: per-node fingerprints of the fields the site policy
+    /// names, and a comparison that reports every node whose field breaks its policy
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Run the whole cycle on a temporary emulated node and print what happened
     Demo {
         /// CPUs of the emulated node
@@ -223,6 +227,45 @@ pub enum JobCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// This node's fingerprint: for each field under a comparing policy (fleet_equal, static,
+    /// subset, superset), its values and the CPUs that hold them, with the CPU model, microcode,
+    /// kernel and allowlist digest. One JSON line with --format json (what fleet compare reads)
+    Fingerprint {
+        /// The site policy [default: `policy` in the configuration]
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// Fingerprint this save file (e.g. the boot baseline) instead of the node's registers
+        #[arg(long, value_name = "SAVE_FILE")]
+        from: Option<PathBuf>,
+        /// Also write the fingerprint (one JSON line) to FILE, atomically
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The node's name in the comparison [default: the host name, or the save file's]
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+        /// A label for grouping (`[fleet] group_by = ["label:NAME"]`), repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Compare fingerprints (or save files): group nodes by CPU model (and what the policy's
+    /// [fleet] group_by names) and report every node whose field breaks its policy, with the
+    /// group's majority value and how many nodes agree; exit 1 on a violation
+    Compare {
+        /// Fingerprint files (one JSON object per line; `host: ` prefixes as pdsh and clush
+        /// print them are accepted), save files, directories of them, or - for standard input
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// The site policy [default: `policy` in the configuration]
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// Also write node_exporter textfile metrics (violations per node) to this file
+        #[arg(long, value_name = "PROM_FILE")]
+        prometheus: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Every key and its value in effect
     Show,
@@ -245,10 +288,37 @@ pub enum AllowlistCommand {
         #[arg(long)]
         auto: bool,
     },
-    /// Check allowlist files as the kernel would parse them, and warn about surprises
+    /// Check allowlist files as the kernel would parse them, and warn about surprises; with the
+    /// CPU model (from --cpu, or a file named al_FF_MM), also about MSRs and writable bits our
+    /// tables do not know for it, and with --policy about what the site policy does not allow
     Lint {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The CPU model the lists are for, as FF_MM in hex (default: from each file's name)
+        #[arg(long, value_name = "FF_MM")]
+        cpu: Option<String>,
+        /// Also check the lists against this site policy
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+    },
+    /// Make the msr-safe allowlist of a CPU model from a site policy (docs/policy.md), in the
+    /// kernel's read-back form under a header that says what produced it; the same policy gives
+    /// the same bytes on every run
+    Compile {
+        /// The site policy (TOML)
+        policy: PathBuf,
+        /// The CPU model, as FF_MM in hex (e.g. 06_55) [default: this node's]
+        #[arg(long, value_name = "FF_MM", conflicts_with = "all")]
+        cpu: Option<String>,
+        /// Every model our tables know (one file each in --out-dir)
+        #[arg(long, requires = "out_dir")]
+        all: bool,
+        /// Write the list to FILE instead of stdout
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["all", "out_dir"])]
+        output: Option<PathBuf>,
+        /// Write each list to DIR/al_FF_MM
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value};
 
-use crate::commands::{allowlist, config, demo, files, info, job, node_ops};
+use crate::commands::{allowlist, config, demo, files, fleet, info, job, node_ops};
 use crate::output::{Envelope, ErrorReport, Report, SCHEMA_VERSION};
 
 /// The marker lines around the generated section.
@@ -134,6 +134,9 @@ pub fn render() -> String {
         section::<allowlist::AllowlistSelect>(&mut g),
         section::<allowlist::AllowlistLoad>(&mut g),
         section::<allowlist::AllowlistLint>(&mut g),
+        section::<allowlist::AllowlistCompile>(&mut g),
+        section::<fleet::FleetFingerprint>(&mut g),
+        section::<fleet::FleetCompare>(&mut g),
         section::<info::InfoReport>(&mut g),
         section::<demo::EmulateReport>(&mut g),
         section::<demo::DemoReport>(&mut g),

@@ -10,6 +10,9 @@
 
 use crate::types::MsrAddr;
 
+pub mod fields;
+pub mod models;
+
 /// One row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownMsr {

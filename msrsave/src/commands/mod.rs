@@ -5,6 +5,7 @@ pub mod allowlist;
 pub mod config;
 pub mod demo;
 pub mod files;
+pub mod fleet;
 pub mod info;
 pub mod job;
 pub mod node_ops;
@@ -17,8 +18,9 @@ use msr_backend::config::Config;
 use msr_backend::device::select::OpenBackend;
 use msr_backend::node::Node;
 use msr_backend::operations::Setup;
+use msr_backend::policy::Policy;
 
-use crate::cli::{AllowlistCommand, Cli, Command, ConfigCommand, GlobalArgs};
+use crate::cli::{AllowlistCommand, Cli, Command, ConfigCommand, FleetCommand, GlobalArgs};
 use crate::output::Outcome;
 
 /// The command's name as JSON reports and error messages give it.
@@ -34,6 +36,7 @@ pub fn name(command: &Command) -> String {
             AllowlistCommand::Select => "allowlist select",
             AllowlistCommand::Load { .. } => "allowlist load",
             AllowlistCommand::Lint { .. } => "allowlist lint",
+            AllowlistCommand::Compile { .. } => "allowlist compile",
         },
         Command::Info { .. } => "info",
         Command::Emulate { .. } => "emulate",
@@ -43,6 +46,10 @@ pub fn name(command: &Command) -> String {
             ConfigCommand::Get { .. } => "config get",
         },
         Command::Job(j) => job::name(j),
+        Command::Fleet(f) => match f {
+            FleetCommand::Fingerprint { .. } => "fleet fingerprint",
+            FleetCommand::Compare { .. } => "fleet compare",
+        },
     };
     sub.to_string()
 }
@@ -87,6 +94,17 @@ impl Context {
             node: self.node.clone(),
             ..Setup::from_config(&self.config)
         }
+    }
+
+    /// The site policy: `explicit` (a command's --policy), else the configuration's `policy`
+    /// (the default file only if it exists). A named file that cannot be read is an error.
+    pub fn policy(&self, explicit: Option<&Path>) -> Result<Option<Policy>> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => msr_backend::policy::configured(self.config.policy.as_ref()),
+        };
+        path.map(|p| Policy::load(&p).map_err(anyhow::Error::from))
+            .transpose()
     }
 
     /// Open the backend for reading, or writing too.
@@ -152,6 +170,7 @@ pub fn dispatch(cli: &Cli) -> Result<Outcome> {
         } => info::info(&ctx()?, slurm_series_file, slurmd.as_deref()).map(Outcome::of),
         Command::Config(c) => config::run(&ctx()?, c),
         Command::Job(j) => job::run(&ctx()?, j),
+        Command::Fleet(f) => fleet::run(&ctx()?, f),
     }
 }
 

@@ -9,8 +9,10 @@ use anyhow::{Context as _, Result};
 use msr_backend::device::BackendKind;
 use msr_backend::finding::Finding;
 use msr_backend::fsio::write_atomically;
+use msr_backend::msrs::models::ModelId;
 use msr_backend::operations::{self, Fit};
 use msr_backend::plan::{DriftBits, MaskChange};
+use msr_backend::policy::check::{check_node, hide_host_bits, PolicyCheck};
 use msr_backend::restore::{CheckReport, MsrChange, RestoreReport};
 use msr_backend::savefile::Origin;
 use msr_backend::types::format_cpu_list;
@@ -307,6 +309,9 @@ pub struct CheckOutput {
     /// One line fit for a log or a drain reason.
     pub summary: String,
     pub elapsed_ms: f64,
+    /// The site policy's checks (static and deny fields; host fields left out of the drift
+    /// check), when a policy is in effect.
+    pub policy: Option<PolicyCheck>,
     #[serde(flatten)]
     pub report: CheckReport,
 }
@@ -341,12 +346,34 @@ impl Report for CheckOutput {
         }
         failure_lines(&mut h, &r.failures, r.failed);
         mask_change_lines(&mut h, &r.mask_changes);
+        if let Some(p) = &self.policy {
+            for v in p.violations.iter().take(SHOWN) {
+                line(&mut h, format!("  POLICY {}", v.message));
+            }
+            if !p.host_fields.is_empty() {
+                line(
+                    &mut h,
+                    format!(
+                        "note: host fields, never drift: {} (policy {})",
+                        p.host_fields.join(", "),
+                        p.policy
+                    ),
+                );
+            }
+        }
         h
     }
     fn shell(&self) -> Vec<(&'static str, String)> {
         vec![
             ("drifted", self.report.drifted.to_string()),
             ("failed", self.report.failed.to_string()),
+            (
+                "policy_violations",
+                self.policy
+                    .as_ref()
+                    .map_or(0, |p| p.violations.len())
+                    .to_string(),
+            ),
             ("summary", self.summary.clone()),
         ]
     }
@@ -360,23 +387,59 @@ pub fn check(
     allow_foreign_host: bool,
 ) -> Result<CheckOutput> {
     let start = Instant::now();
-    let backend = ctx.open(false)?;
-    let saved =
+    let policy = ctx.policy(None)?;
+    let mut backend = ctx.open(false)?;
+    let mut saved =
         operations::load_for_node(file, Origin::Named, &backend, Fit { allow_foreign_host })?;
     let bits = if all_bits {
         DriftBits::All
     } else {
         DriftBits::Writable
     };
+    // The policy: static and deny fields on every check; host fields are never drift (with
+    // --all-bits every bit is compared, as asked).
+    let policy_check = match &policy {
+        None => None,
+        Some(p) => {
+            let model = ModelId::from(&backend.node.cpu_identity()?);
+            let mut pc = check_node(
+                p,
+                model,
+                backend.device.as_ref(),
+                &backend.allowlist,
+                &backend.online,
+            )
+            .context("cannot check the site policy's fields")?;
+            if all_bits {
+                pc.host_fields.clear();
+            } else {
+                pc.host_fields = hide_host_bits(p, model, &mut backend.allowlist, &mut saved);
+            }
+            Some(pc)
+        }
+    };
     let report = operations::check(&backend, &saved, bits)?;
+    let policy_clean = policy_check.as_ref().is_none_or(|p| p.clean());
+    let clean = report.clean() && policy_clean;
+    let summary = match &policy_check {
+        Some(p) if !p.clean() => {
+            if report.clean() {
+                format!("MSR check: {}", p.summary())
+            } else {
+                format!("{}; {}", report.summary(), p.summary())
+            }
+        }
+        _ => report.summary(),
+    };
     if let Some(p) = prometheus {
-        write_prometheus(p, file, &report)?;
+        write_prometheus(p, file, &report, clean, policy_check.as_ref())?;
     }
     Ok(CheckOutput {
         file: shown(file),
-        clean: report.clean(),
-        summary: report.summary(),
+        clean,
+        summary,
         elapsed_ms: ms(start.elapsed()),
+        policy: policy_check,
         report,
     })
 }
@@ -389,13 +452,19 @@ fn label(s: &str) -> String {
 }
 
 /// node_exporter textfile-collector metrics for one check.
-fn write_prometheus(path: &Path, snapshot: &Path, report: &CheckReport) -> Result<()> {
+fn write_prometheus(
+    path: &Path,
+    snapshot: &Path,
+    report: &CheckReport,
+    clean: bool,
+    policy: Option<&PolicyCheck>,
+) -> Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let snap = label(&snapshot.display().to_string());
-    let metrics: [(&str, &str, f64); 6] = [
+    let metrics: [(&str, &str, f64); 7] = [
         (
             "msr_restore_drift_registers",
             "Registers whose compared bits differ from the snapshot.",
@@ -418,8 +487,13 @@ fn write_prometheus(path: &Path, snapshot: &Path, report: &CheckReport) -> Resul
         ),
         (
             "msr_restore_check_clean",
-            "1 if the last check found no drift and no failure.",
-            if report.clean() { 1.0 } else { 0.0 },
+            "1 if the last check found no drift, no failure and no policy violation.",
+            if clean { 1.0 } else { 0.0 },
+        ),
+        (
+            "msr_restore_policy_violations",
+            "Fields that break the site policy (static value, deny writable), 0 without a policy.",
+            policy.map_or(0.0, |p| p.violations.len() as f64),
         ),
         (
             "msr_restore_check_timestamp_seconds",
