@@ -99,6 +99,54 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn(b"is not installed", p.stdout)
 
+    def test_install_right_after_uninstall_waits_for_pending_delete(self):
+        """OpenPBS keeps a deleted hook's name "pending delete" until every mom dropped it: an
+        install right after an uninstall waits for the names instead of stopping halfway."""
+        self.env["FAKE_QMGR_PENDING_DELETE"] = "2"
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        self.assertEqual(self.run_sh(UNINSTALL).returncode, 0)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"pending delete", p.stdout)
+        hooks = self.hooks()
+        self.assertEqual(sorted(hooks), ["msr_restore_begin", "msr_restore_check",
+                                         "msr_restore_end"])
+        for h in hooks.values():
+            self.assertEqual(h["enabled"], "true")
+            self.assertEqual(h["application/x-python"], HOOK)
+        self.assertEqual(hooks["msr_restore_check"]["freq"], "120")
+
+    def test_names_stuck_pending_delete_leave_no_half_installed_hook(self):
+        """A mom that is down keeps the names pending delete: the install gives up after
+        MSR_RESTORE_QMGR_WAIT seconds, says why, and no hook has events or is enabled; once the
+        names are free, running it again completes."""
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        self.env["FAKE_QMGR_PENDING_DELETE"] = "3600"
+        self.run_sh(UNINSTALL, "--prefix", "msr_restore")
+        # only the check hook's name is stuck; the others were deleted earlier
+        hooks_before = self.hooks()
+        self.assertEqual(hooks_before, {})
+        with open(os.path.join(self.tmp, "pending_delete.json")) as f:
+            pending = json.load(f)
+        del pending["msr_restore_begin"], pending["msr_restore_end"]
+        with open(os.path.join(self.tmp, "pending_delete.json"), "w") as f:
+            json.dump(pending, f)
+        self.env["MSR_RESTORE_QMGR_WAIT"] = "2"
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"msr_restore_check is still pending delete after 2s", p.stderr)
+        self.assertIn(b"pbsnodes -l", p.stderr)
+        for name, h in self.hooks().items():
+            self.assertEqual(h["event"], "", name)
+            self.assertEqual(h["enabled"], "false", name)
+        with open(os.path.join(self.tmp, "pending_delete.json"), "w") as f:
+            json.dump({}, f)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(sorted(self.hooks()), ["msr_restore_begin", "msr_restore_check",
+                                                "msr_restore_end"])
+        self.assertEqual(self.hooks()["msr_restore_end"]["event"], "execjob_epilogue,execjob_end")
+
     def test_dry_run_changes_nothing(self):
         p = self.run_sh(INSTALL, "--dry-run")
         self.assertEqual(p.returncode, 0, p.stderr)
