@@ -22,10 +22,12 @@ later), once per event:
 All MSR logic is in msrsave; this file only runs it (with a timeout below the hook's alarm),
 reads its JSON and talks to PBS. No exception leaves the hook.
 
-Ownership of "offline": the hook writes comments starting with COMMENT_PREFIX and records what it
-did in a marker file (HOOK_STATE_DIR/offline.json). exechost_periodic brings a vnode back only if
-the marker names it, its comment still starts with the prefix (an admin who changes the comment
-takes the node over) and the check is clean.
+Ownership of "offline": in mom events the pbs module gives vnode state and comment None, so the
+hook records the vnodes IT took offline in a marker file (HOOK_STATE_DIR/offline.json, with the
+comment it set) and asks the server (pbs.server().vnode()) for a vnode's real state and comment
+before touching it. An offline it does not hold (an admin's) is never touched; exechost_periodic
+brings a held vnode back only if the check is clean and the server still shows the hook's comment
+(an admin who changes the comment takes the node over).
 
 Outside PBS, `python3 msr_restore_hook.py --check-config FILE` validates a hook config file and
 prints the effective settings (used by install.sh).
