@@ -77,7 +77,7 @@ DEFAULTS = {
     "on_restore_failure": "offline",  # offline|log
     "load_allowlist": False,  # exechost_startup: msrsave allowlist load --auto
     "baseline_on_startup": True,  # exechost_startup: msrsave save BASELINE
-    "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # the offline marker lives here
+    "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # offline marker, ended-job records
     "prometheus": "",  # non-empty: periodic check writes this Prometheus text file
     "stale_job_grace": 600,  # periodic: end a job the state dir holds but the mom forgot, after
 }
@@ -684,6 +684,7 @@ def bring_back(e, cfg, log):
         held = read_marker(cfg, log)
         if not held:
             return
+        before = len(held)
         for name in sorted(held):
             entry = held[name]
             if name not in e.vnode_list.keys():
@@ -717,7 +718,8 @@ def bring_back(e, cfg, log):
             log.warning("vnode %s back in service: MSR check clean (it was offline for: %s)"
                         % (name, entry.get("reason")))
             del held[name]
-        write_marker(cfg, held, log)
+        if len(held) != before:
+            write_marker(cfg, held, log)
 
 
 # ---------------------------------------------------------------------------------------------

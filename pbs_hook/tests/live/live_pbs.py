@@ -81,6 +81,7 @@ class Suite(object):
             os.chmod(d, 0o1777)
         self.node = None
         self.config = os.path.join(self.work, "hook.json")
+        self.jobs = []
 
     # --- reporting ---------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class Suite(object):
         out_base = os.path.join(self.work, "out", name)
         _, out, _ = self.run(["qsub", "-N", name, "-l", "select=1:ncpus=1", "-o", out_base + ".o",
                               "-e", out_base + ".e"] + list(extra) + [script], user=USER)
+        self.jobs.append(out.strip())
         return out.strip(), flag
 
     def release(self, flag):
@@ -320,6 +322,12 @@ class Suite(object):
                   lambda: self.vnode()[0] in ("free", "offline"), timeout=60)
 
     def teardown(self):
+        for job_id in self.jobs:  # a scenario that failed may leave its job behind
+            try:
+                if self.job_state(job_id) != "F":
+                    self.run(["qdel", "-W", "force", job_id], check=False)
+            except Failed:
+                pass
         for name in (REJECT_HOOK, PROBE_HOOK):
             if self.qmgr("list hook %s" % name, check=False)[0] == 0:
                 self.delete_hook(name)
