@@ -13,7 +13,10 @@
 # PBS accepts it for (execjob_begin, execjob_prologue, exechost_startup).
 # --with-execjob-begin adds execjob_begin to PREFIX_begin (snapshot on every host at job start,
 # for sites whose jobs reach sister hosts without PBS starting a task there).
-# Environment: QMGR (default: qmgr in PATH or $PBS_EXEC/bin/qmgr), PYTHON (default python3).
+# Run right after uninstall.sh, it waits (MSR_RESTORE_QMGR_WAIT s, default 120) while the server
+# still has the names pending delete. Running it again is always safe: it updates what exists.
+# Environment: QMGR (default: qmgr in PATH or $PBS_EXEC/bin/qmgr), PYTHON (default python3),
+# MSR_RESTORE_QMGR_WAIT.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +27,7 @@ begin_events=execjob_prologue,exechost_startup
 dry_run=false
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -100,14 +103,56 @@ exists() {
     "$QMGR" -c "list hook $1" >/dev/null 2>&1
 }
 
-install_hook() { # NAME EVENTS FAIL_ACTION FREQ
-    name=$1
+# A deleted hook's name stays "pending delete" on the server until every mom has dropped the
+# hook (a second or so; as long as a mom is down): create waits for it, up to $wait seconds.
+wait=${MSR_RESTORE_QMGR_WAIT:-120}
+case $wait in ''|*[!0-9]*) echo "install.sh: MSR_RESTORE_QMGR_WAIT must be seconds" >&2; exit 2 ;; esac
+
+create_hook() { # NAME
+    if $dry_run; then
+        q "create hook $1"
+        return 0
+    fi
+    waited=0
+    while :; do
+        if out=$("$QMGR" -c "create hook $1" 2>&1); then
+            echo "+ qmgr -c \"create hook $1\""
+            return 0
+        fi
+        case $out in
+            *"pending delete"*) ;;
+            *) echo "$out" >&2; return 1 ;;
+        esac
+        if [ "$waited" -ge "$wait" ]; then
+            echo "install.sh: hook $1 is still pending delete after ${wait}s: the server forgets a" \
+                 "deleted hook once every mom has dropped it; bring back the moms that are down" \
+                 "(pbsnodes -l) and run install.sh again" >&2
+            return 1
+        fi
+        if [ "$waited" -eq 0 ]; then
+            echo "hook $1 is pending delete on the server (uninstalled just now?): waiting up to ${wait}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Phase 1: every hook exists and is disabled, so that nothing runs half configured, and a run
+# stopped here (a name still pending delete) leaves no hook with events: run install.sh again.
+begin=${prefix}_begin
+end=${prefix}_end
+check=${prefix}_check
+for name in "$begin" "$end" "$check"; do
     if exists "$name"; then
         echo "hook $name exists: updating it"
-        q "set hook $name enabled = false"
     else
-        q "create hook $name"
+        create_hook "$name" || exit 1
     fi
+    q "set hook $name enabled = false"
+done
+
+configure_hook() { # NAME EVENTS FAIL_ACTION FREQ
+    name=$1
     q "import hook $name application/x-python default $hook"
     q "import hook $name application/x-config default $config"
     q "set hook $name event = '$2'"
@@ -116,12 +161,26 @@ install_hook() { # NAME EVENTS FAIL_ACTION FREQ
     if [ -n "$4" ]; then
         q "set hook $name freq = $4"
     fi
-    q "set hook $name enabled = true"
 }
 
-install_hook "${prefix}_begin" "$begin_events" offline_vnodes ""
-install_hook "${prefix}_end" "execjob_epilogue,execjob_end" none ""
-install_hook "${prefix}_check" "exechost_periodic" none "$freq"
+# Phase 2: configure all three, then enable them.
+configure_hook "$begin" "$begin_events" offline_vnodes ""
+configure_hook "$end" "execjob_epilogue,execjob_end" none ""
+configure_hook "$check" "exechost_periodic" none "$freq"
+for name in "$begin" "$end" "$check"; do
+    q "set hook $name enabled = true"
+done
+
+# Phase 3: what the server now has.
+if ! $dry_run; then
+    for name in "$begin" "$end" "$check"; do
+        if ! "$QMGR" -c "list hook $name" 2>/dev/null | grep -q "enabled = true"; then
+            echo "install.sh: hook $name is not there and enabled after the install:" >&2
+            "$QMGR" -c "list hook $name" >&2 || true
+            exit 1
+        fi
+    done
+fi
 
 if ! $dry_run; then
     echo "installed: ${prefix}_begin ${prefix}_end ${prefix}_check (alarm ${alarm}s, drift check every ${freq}s)"

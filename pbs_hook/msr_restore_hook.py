@@ -22,15 +22,18 @@ later), once per event:
 All MSR logic is in msrsave; this file only runs it (with a timeout below the hook's alarm),
 reads its JSON and talks to PBS. No exception leaves the hook.
 
-Ownership of "offline": the hook writes comments starting with COMMENT_PREFIX and records what it
-did in a marker file (HOOK_STATE_DIR/offline.json). exechost_periodic brings a vnode back only if
-the marker names it, its comment still starts with the prefix (an admin who changes the comment
-takes the node over) and the check is clean.
+Ownership of "offline": in mom events the pbs module gives vnode state and comment None, so the
+hook records the vnodes IT took offline in a marker file (HOOK_STATE_DIR/offline.json, with the
+comment it set) and asks the server (pbs.server().vnode()) for a vnode's real state and comment
+before touching it. An offline it does not hold (an admin's) is never touched; exechost_periodic
+brings a held vnode back only if the check is clean and the server still shows the hook's comment
+(an admin who changes the comment takes the node over).
 
 Outside PBS, `python3 msr_restore_hook.py --check-config FILE` validates a hook config file and
 prints the effective settings (used by install.sh).
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -74,7 +77,7 @@ DEFAULTS = {
     "on_restore_failure": "offline",  # offline|log
     "load_allowlist": False,  # exechost_startup: msrsave allowlist load --auto
     "baseline_on_startup": True,  # exechost_startup: msrsave save BASELINE
-    "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # the offline marker lives here
+    "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # offline marker, ended-job records
     "prometheus": "",  # non-empty: periodic check writes this Prometheus text file
     "stale_job_grace": 600,  # periodic: end a job the state dir holds but the mom forgot, after
 }
@@ -104,17 +107,21 @@ class Log(object):
         self.lines = []  # (level name, message), for --check-config
 
     def _emit(self, level, msg):
-        text = "%s: %s" % (self.prefix, msg)
-        self.lines.append((level, msg))
-        if pbs is not None and not CLI_MODE:
-            pbslevel = {"debug": pbs.LOG_DEBUG, "warning": pbs.LOG_WARNING,
-                        "error": pbs.LOG_ERROR}.get(level, pbs.LOG_DEBUG)
-            try:
-                pbs.logmsg(pbslevel, text)
-            except Exception:
-                sys.stderr.write(text + "\n")
-        elif level != "debug":
-            sys.stderr.write("%s: %s\n" % (level, text))
+        """Never raises: a hook that cannot log must still accept or reject."""
+        try:
+            text = "%s: %s" % (self.prefix, msg)
+            self.lines.append((level, msg))
+            if pbs is not None and not CLI_MODE:
+                pbslevel = {"debug": pbs.LOG_DEBUG, "warning": pbs.LOG_WARNING,
+                            "error": pbs.LOG_ERROR}.get(level, pbs.LOG_DEBUG)
+                try:
+                    pbs.logmsg(pbslevel, text)
+                except Exception:
+                    write_stderr("%s: %s\n" % (level, text))
+            elif level != "debug":
+                write_stderr("%s: %s\n" % (level, text))
+        except Exception:
+            pass
 
     def debug(self, msg):
         self._emit("debug", msg)
@@ -124,6 +131,17 @@ class Log(object):
 
     def error(self, msg):
         self._emit("error", msg)
+
+
+def write_stderr(text):
+    """stderr, where there is one: pbs_server runs hooks with sys.stderr None."""
+    stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+    if stream is None:
+        return
+    try:
+        stream.write(text)
+    except Exception:
+        pass
 
 
 CLI_MODE = False
@@ -399,7 +417,30 @@ def parse_json_object(text):
 
 
 # ---------------------------------------------------------------------------------------------
-# Vnodes and the offline marker
+# Vnodes, the offline marker and the server's view
+#
+# In mom events (execjob_*, exechost_*) the real pbs module gives every vnode of e.vnode_list
+# state and comment None: the mom does not know them. So the hook keeps its own record of the
+# vnodes IT took offline, the marker HOOK_STATE_DIR/offline.json (per vnode: the comment it set,
+# the reason, the event, the time), and before it touches a vnode it asks the server for the
+# vnode's real state and comment (pbs.server().vnode(): one connection to the server, made only
+# on a failure or for a vnode the marker holds):
+#
+# - an offline vnode the marker does not hold is someone else's (an admin's, PBS's): never
+#   touched, never brought back;
+# - a held vnode whose comment on the server is no longer the one the hook set was taken over
+#   (an admin changed the comment): dropped from the marker, never touched again;
+# - a held vnode that is no longer offline was brought back by someone: dropped from the marker;
+# - in a job event, a new failure on a vnode the marker holds leaves the first reason (the root
+#   cause, e.g. the begin's) on the vnode; the new one goes to the mom log and the job's log.
+
+# A vnode the hook has just taken offline may still read as not offline on the server for a
+# moment (the mom sends the change after the hook ends): held vnodes younger than this are not
+# taken for "brought back by someone".
+RECONCILE_GRACE = 60.0
+# How long it may take to get the marker's lock before the hook goes on without it.
+MARKER_LOCK_WAIT = 5.0
+
 
 def local_vnode_names(e):
     """The vnodes of this host in e.vnode_list: the natural vnode (named after the host) and
@@ -416,26 +457,76 @@ def marker_path(cfg):
     return os.path.join(cfg["hook_state_dir"], "offline.json")
 
 
+class MarkerLock(object):
+    """flock on HOOK_STATE_DIR/offline.lock around a read-change-write of the marker: an
+    epilogue, a prologue and the periodic hook may run at the same time on one host."""
+
+    def __init__(self, cfg, log):
+        self.cfg = cfg
+        self.log = log
+        self.fd = None
+
+    def __enter__(self):
+        path = os.path.join(self.cfg["hook_state_dir"], "offline.lock")
+        try:
+            if not os.path.isdir(self.cfg["hook_state_dir"]):
+                os.makedirs(self.cfg["hook_state_dir"], 0o700)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            self.log.error("cannot open %s: %s; going on without the lock" % (path, err))
+            return self
+        end = time.time() + MARKER_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except (IOError, OSError):
+                if time.time() > end:
+                    self.log.error("%s still locked after %.0fs; going on without the lock"
+                                   % (path, MARKER_LOCK_WAIT))
+                    return self
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+        return False
+
+
 def read_marker(cfg, log):
+    """{vnode name: {"comment", "reason", "event", "time", "since"}} for the vnodes this hook
+    holds offline; {} when there are none (or the marker cannot be read: said in the log)."""
     path = marker_path(cfg)
     try:
         with open(path) as f:
             data = json.load(f)
-        if isinstance(data, dict) and isinstance(data.get("vnodes"), list):
-            return data
-        log.error("offline marker %s is malformed; ignoring it" % path)
     except (IOError, OSError) as err:
         if getattr(err, "errno", None) != 2:
             log.error("cannot read offline marker %s: %s" % (path, err))
+        return {}
     except ValueError as err:
         log.error("offline marker %s is not JSON (%s); ignoring it" % (path, err))
-    return None
+        return {}
+    vnodes = data.get("vnodes") if isinstance(data, dict) else None
+    if isinstance(vnodes, list):
+        # an earlier version's marker: names and one reason, the comment was not recorded
+        return dict((str(name), {"comment": None, "reason": data.get("reason", ""),
+                                 "event": data.get("event", ""), "time": data.get("time", ""),
+                                 "since": 0}) for name in vnodes)
+    if isinstance(vnodes, dict):
+        return dict((str(name), entry if isinstance(entry, dict) else {})
+                    for name, entry in vnodes.items())
+    log.error("offline marker %s is malformed; ignoring it" % path)
+    return {}
 
 
-def write_marker(cfg, vnodes, reason, event_name, log):
+def write_marker(cfg, held, log):
+    """Record the vnodes this hook holds offline; none: no marker."""
+    if not held:
+        remove_marker(cfg, log)
+        return
     path = marker_path(cfg)
-    data = {"vnodes": sorted(vnodes), "reason": reason, "event": event_name,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "comment_prefix": COMMENT_PREFIX}
+    data = {"version": 2, "comment_prefix": COMMENT_PREFIX, "vnodes": held}
     try:
         if not os.path.isdir(cfg["hook_state_dir"]):
             os.makedirs(cfg["hook_state_dir"], 0o700)
@@ -475,12 +566,52 @@ def is_offline(state):
         return False
 
 
-def take_offline(e, cfg, reason, event_name, log):
-    """Offline every local vnode with a comment the hook owns, and record it in the marker.
+def server_view(cfg, name, log):
+    """(state, comment) of vnode `name` on the server, or None when the server cannot be asked
+    (unreachable, no time left before the alarm, unknown vnode): said in the log."""
+    if deadline(cfg) - time.time() < 1:
+        log.warning("no time left before the hook alarm to ask the server about vnode %s" % name)
+        return None
+    try:
+        server = pbs.server()
+        if server is None:
+            log.warning("cannot connect to the PBS server to read vnode %s's state" % name)
+            return None
+        v = server.vnode(name)
+        if v is None:
+            log.warning("the PBS server does not know vnode %s" % name)
+            return None
+        comment = vnode_attr(v, "comment")
+        return vnode_attr(v, "state"), (str(comment) if comment else None)
+    except Exception as err:
+        log.warning("cannot read vnode %s from the PBS server: %r" % (name, err))
+        return None
 
-    A vnode someone else already put offline is left as it is (the hook never takes over an
-    admin's offline, so it never brings such a vnode back either); a vnode this hook already
-    holds offline gets the new reason."""
+
+def comment_is_ours(entry, comment):
+    """Whether the server's comment is still the one this hook set (a marker from an earlier
+    version has no comment recorded: then any comment of this hook counts)."""
+    if comment is None:
+        return False
+    if entry.get("comment"):
+        return comment == entry["comment"]
+    return comment.startswith(COMMENT_PREFIX)
+
+
+def young(entry):
+    try:
+        return time.time() - float(entry.get("since") or 0) < RECONCILE_GRACE
+    except (TypeError, ValueError):
+        return False
+
+
+def take_offline(e, cfg, reason, event_name, log, reconcile=False):
+    """Take every local vnode offline with a comment the hook owns, and hold it in the marker.
+
+    An offline vnode the marker does not hold is left as it is (an admin's offline is never
+    taken over). A vnode the marker holds keeps its first reason; with reconcile (the periodic
+    check) the marker is first checked against the server: a vnode someone took over or brought
+    back is dropped from it (and, brought back, taken offline anew for this reason)."""
     local, names = local_vnode_names(e)
     if not names:
         try:
@@ -493,68 +624,159 @@ def take_offline(e, cfg, reason, event_name, log):
     comment = (COMMENT_PREFIX + reason)
     if len(comment) > MAX_COMMENT:
         comment = comment[:MAX_COMMENT - 3] + "..."
-    marker = read_marker(cfg, log)
-    ours = set(marker["vnodes"]) if marker else set()
-    done = []
-    for name in names:
-        try:
-            v = e.vnode_list[name]
-            old_comment = vnode_attr(v, "comment")
-            if is_offline(vnode_attr(v, "state")):
-                owned = name in ours and (old_comment is None
-                                          or str(old_comment).startswith(COMMENT_PREFIX))
-                if not owned:
-                    log.error("vnode %s is already offline (comment %r), not by this hook: left "
-                              "as it is; %s" % (name, old_comment, reason))
+    held_now = []
+    with MarkerLock(cfg, log):
+        held = read_marker(cfg, log)
+        changed = False
+        for name in names:
+            entry = held.get(name)
+            if entry is not None and not reconcile:
+                log.error("vnode %s stays offline for its first failure (%s); also: %s"
+                          % (name, entry.get("reason"), reason))
+                held_now.append(name)
+                continue
+            view = server_view(cfg, name, log)
+            if entry is not None:
+                if view is None:
+                    held_now.append(name)
                     continue
-                if old_comment == comment:
-                    done.append(name)  # already offline for this very reason
+                state, current = view
+                if is_offline(state) and comment_is_ours(entry, current):
+                    log.error("vnode %s stays offline: %s" % (name, reason))
+                    held_now.append(name)
                     continue
-            v.state = pbs.ND_OFFLINE
-            v.comment = comment
-            done.append(name)
+                if not is_offline(state) and young(entry):
+                    held_now.append(name)  # the server has not applied it yet
+                    continue
+                del held[name]
+                changed = True
+                if is_offline(state):
+                    log.warning("vnode %s: comment is now %r, not this hook's: leaving the vnode "
+                                "to whoever changed it; %s" % (name, current, reason))
+                    continue
+                log.warning("vnode %s was brought back while this hook held it offline"
+                            % name)
+            elif view is not None and is_offline(view[0]):
+                log.error("vnode %s is already offline (comment %r), not by this hook: left as "
+                          "it is; %s" % (name, view[1], reason))
+                continue
+            try:
+                v = e.vnode_list[name]
+                v.state = pbs.ND_OFFLINE
+                v.comment = comment
+            except Exception as err:
+                log.error("cannot take vnode %s offline: %s" % (name, err))
+                continue
+            held[name] = {"comment": comment, "reason": reason, "event": event_name,
+                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "since": time.time()}
+            changed = True
+            held_now.append(name)
             log.error("vnode %s taken offline: %s" % (name, reason))
-        except Exception as err:
-            log.error("cannot take vnode %s offline: %s" % (name, err))
-    if done:
-        write_marker(cfg, ours | set(done), reason, event_name, log)
-    return done
+        if changed:
+            write_marker(cfg, held, log)
+    return held_now
 
 
 def bring_back(e, cfg, log):
-    """After a clean check: free the vnodes this hook took offline (marker + owned comment)."""
-    marker = read_marker(cfg, log)
-    if marker is None:
-        return
-    keep = []
-    for name in marker["vnodes"]:
-        if name not in e.vnode_list.keys():
-            log.warning("vnode %s (taken offline by this hook) is not in vnode_list; "
-                        "left as it is" % name)
-            keep.append(name)
-            continue
-        v = e.vnode_list[name]
-        comment = vnode_attr(v, "comment")
-        state = vnode_attr(v, "state")
-        if comment is not None and not str(comment).startswith(COMMENT_PREFIX):
-            log.warning("vnode %s: comment is now %r, not this hook's; leaving the vnode to "
-                        "whoever changed it" % (name, comment))
-            continue
-        if state is not None and not is_offline(state):
-            log.debug("vnode %s is already back in service" % name)
-            continue
-        try:
-            v.state = pbs.ND_FREE
-            v.comment = None
+    """After a clean check: free the vnodes the marker holds, if the server still shows them
+    offline with this hook's comment; drop the ones someone else took over or brought back."""
+    with MarkerLock(cfg, log):
+        held = read_marker(cfg, log)
+        if not held:
+            return
+        before = len(held)
+        for name in sorted(held):
+            entry = held[name]
+            if name not in e.vnode_list.keys():
+                log.warning("vnode %s (taken offline by this hook) is not in vnode_list; left "
+                            "as it is" % name)
+                continue
+            view = server_view(cfg, name, log)
+            if view is None:
+                log.warning("vnode %s stays offline until the server can be asked" % name)
+                continue
+            state, current = view
+            if not is_offline(state):
+                if young(entry):
+                    continue
+                log.warning("vnode %s was brought back already (it was offline for: %s)"
+                            % (name, entry.get("reason")))
+                del held[name]
+                continue
+            if not comment_is_ours(entry, current):
+                log.warning("vnode %s: comment is now %r, not this hook's; leaving the vnode to "
+                            "whoever changed it" % (name, current))
+                del held[name]
+                continue
+            try:
+                v = e.vnode_list[name]
+                v.state = pbs.ND_FREE
+                v.comment = None
+            except Exception as err:
+                log.error("cannot bring vnode %s back: %s" % (name, err))
+                continue
             log.warning("vnode %s back in service: MSR check clean (it was offline for: %s)"
-                        % (name, marker.get("reason")))
-        except Exception as err:
-            log.error("cannot bring vnode %s back: %s" % (name, err))
-            keep.append(name)
-    if keep:
-        write_marker(cfg, keep, marker.get("reason", ""), marker.get("event", ""), log)
-    else:
-        remove_marker(cfg, log)
+                        % (name, entry.get("reason")))
+            del held[name]
+        if len(held) != before:
+            write_marker(cfg, held, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs whose epilogue ended them: execjob_end (which runs after it on every host) has nothing
+# left to do for them, and msrsave could only say "not registered" about them.
+
+ENDED_DIR = "ended"
+# Records the end hook never collected (mom killed between epilogue and end) go after this long.
+ENDED_RECORD_TTL = 86400.0
+
+
+def ended_record(cfg, job_id):
+    if not job_id or "/" in job_id or job_id.startswith("."):
+        return None
+    return os.path.join(cfg["hook_state_dir"], ENDED_DIR, job_id)
+
+
+def note_ended(cfg, job_id, log):
+    path = ended_record(cfg, job_id)
+    if path is None:
+        return
+    try:
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), 0o700)
+        with open(path, "w") as f:
+            f.write("%d\n" % time.time())
+    except (IOError, OSError) as err:
+        log.debug("cannot record that job %s ended: %s" % (job_id, err))
+
+
+def take_ended(cfg, job_id):
+    """Whether the epilogue ended job_id on this host (and forget it)."""
+    path = ended_record(cfg, job_id)
+    if path is None:
+        return False
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def prune_ended(cfg, log):
+    base = os.path.join(cfg["hook_state_dir"], ENDED_DIR)
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if now - os.stat(path).st_mtime > ENDED_RECORD_TTL:
+                os.unlink(path)
+                log.debug("forgot job %s: its end hook never ran here" % name)
+        except OSError:
+            pass
 
 
 def active_jobs_in_state_dir(cfg):
@@ -577,6 +799,7 @@ def job_log(e, msg):
 
 def on_job_begin(e, cfg, log, event_name):
     job_id = str(e.job.id)
+    take_ended(cfg, job_id)  # a requeued job starts over
     res = run_msrsave(cfg, ["job", "begin", job_id, "--state-dir", cfg["state_dir"]], log)
     if res.ok:
         d = res.data
@@ -597,9 +820,14 @@ def on_job_begin(e, cfg, log, event_name):
 
 def on_job_end(e, cfg, log, event_name):
     job_id = str(e.job.id)
+    if e.type == pbs.EXECJOB_END and take_ended(cfg, job_id):
+        log.debug("job %s: already ended by its epilogue on this host" % job_id)
+        e.accept()
     res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
     if res.ok:
         d = res.data
+        if e.type == pbs.EXECJOB_EPILOGUE:
+            note_ended(cfg, job_id, log)
         restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
         notes = "; ".join(notes_of(d))
         if restore:
@@ -675,10 +903,11 @@ def end_stale_jobs(e, cfg, log, event_name):
         why = "MSR restore failed after stale job %s: %s" % (job_id, res.describe())
         log.error(why)
         if cfg["on_restore_failure"] == "offline":
-            take_offline(e, cfg, why, event_name, log)
+            take_offline(e, cfg, why, event_name, log, reconcile=True)
 
 
 def on_periodic(e, cfg, log, event_name):
+    prune_ended(cfg, log)
     end_stale_jobs(e, cfg, log, event_name)
     jobs = jobs_on_host(e, cfg)
     if jobs:
@@ -699,11 +928,13 @@ def on_periodic(e, cfg, log, event_name):
         bring_back(e, cfg, log)
         e.accept()
     if res.error is None and d.get("clean") is False:
-        why = "MSR drift: %s" % (d.get("summary") or "%s register(s) differ from %s"
-                                 % (d.get("drifted"), cfg["baseline"]))
+        why = str(d.get("summary") or "%s register(s) differ from %s"
+                  % (d.get("drifted"), cfg["baseline"]))
+        if not why.startswith("MSR drift"):
+            why = "MSR drift: " + why
         if cfg["on_drift"] == "offline":
             log.error(why)
-            take_offline(e, cfg, why, event_name, log)
+            take_offline(e, cfg, why, event_name, log, reconcile=True)
         else:
             log.warning(why + " (on_drift = log: the host stays in service)")
         e.accept()
@@ -760,7 +991,10 @@ def fallback(e, event_type, cfg, log, event_name):
         e.reject(why)
     if event_type in (pbs.EXECJOB_EPILOGUE, pbs.EXECJOB_END):
         if cfg.get("on_restore_failure") == "offline":
-            take_offline(e, cfg, why, event_name, log)
+            try:
+                take_offline(e, cfg, why, event_name, log)
+            except Exception as err:
+                log.error("while recovering: cannot take the host offline: %r" % (err,))
     e.accept()
 
 

@@ -23,12 +23,13 @@ declare -A SUITES=(
     [unit]="cargo test --workspace --all-targets"
     [reference]="tests/reference/run.sh"
     [pbs]="pbs_hook/tests/run.sh"
+    [pbs_live]="pbs_hook/tests/live/run.sh"
     [slurm]="tests/slurm/run.sh"
     [real_kernel]="tests/real_kernel/run.sh"
     [msr_safe]="tests/msr_safe/run.sh"
     [packaging]="packaging/tests/run.sh"
 )
-ORDER=(unit reference pbs slurm real_kernel msr_safe packaging)
+ORDER=(unit reference pbs pbs_live slurm real_kernel msr_safe packaging)
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
 
 # Rust's toolchain for the suites that build; apt for the ones that install.

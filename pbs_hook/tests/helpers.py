@@ -91,6 +91,8 @@ class NodeTestCase(unittest.TestCase):
         self.env.pop("PBS_HOOK_CONFIG_FILE", None)
         self.env.pop("MSR_RESTORE_CONFIG", None)
         self.env["FAKE_MSRSAVE_LOG"] = self.fake_log
+        # The server's view of the vnodes ({name: {"state", "comment"}}), kept across hook runs.
+        self.server = {}
 
     # --- the emulated node -------------------------------------------------------------------
 
@@ -159,9 +161,35 @@ class NodeTestCase(unittest.TestCase):
         overrides.setdefault("msrsave", FAKE_MSRSAVE)
         return self.config(**overrides)
 
+    def server_vnode(self, name=None):
+        """The simulated server's view of a vnode: {"state", "comment"}."""
+        return self.server.setdefault(name or self.local, {"state": ND_FREE, "comment": None})
+
+    def admin_offline(self, comment, name=None):
+        """What `pbsnodes -o -C COMMENT NODE` does on the server."""
+        self.server[name or self.local] = {"state": ND_OFFLINE, "comment": comment}
+
+    def apply_to_server(self, res):
+        """What the server does with the vnode attributes a mom hook set, as observed on a live
+        OpenPBS 23.06.06: state replaces the state, a comment replaces the comment, and a
+        comment set to None ('' on the mom) removes it. A hook that ended in an exception or
+        its alarm sends nothing."""
+        if res.outcome not in ("accept", "reject"):
+            return
+        for name, v in res.vnodes.items():
+            view = self.server_vnode(name)
+            if "state" in v["set"]:
+                view["state"] = v["state"]
+            if "comment" in v["set"]:
+                view["comment"] = v["comment"] or None
+
     def run_hook(self, event, job_id=None, config=None, vnodes=None, job_list=None,
-                 in_ms_mom=True, alarm=30, hook_name=None, local=""):
-        """Run the hook as pbs_mom would (a separate Python process) for one event.
+                 in_ms_mom=True, alarm=30, hook_name=None, local="", server_reachable=True,
+                 logmsg_error=None):
+        """Run the hook as pbs_mom would (a separate Python process) for one event, then apply
+        what it set to the simulated server (self.server).
+        vnodes: the names in e.vnode_list (default: the local vnode); their state and comment
+        are the server's business (self.server, admin_offline()): a mom event sees None.
         local=None makes pbs.get_local_nodename() return None (to provoke internal errors)."""
         if local == "":
             local = self.local
@@ -171,8 +199,13 @@ class NodeTestCase(unittest.TestCase):
                     else "msr_restore_end" if event in ("execjob_epilogue", "execjob_end")
                     else "msr_restore_check")}
         if vnodes is None:
-            vnodes = {local or self.local: {"state": ND_FREE, "comment": None}}
-        spec["vnode_list"] = vnodes
+            vnodes = [local or self.local]
+        spec["vnode_list"] = sorted(vnodes)
+        for name in spec["vnode_list"]:
+            self.server_vnode(name)
+        spec["server_vnodes"] = self.server
+        spec["server_reachable"] = server_reachable
+        spec["logmsg_error"] = logmsg_error
         if job_id is not None:
             spec["job"] = {"id": job_id, "euser": "alice", "egroup": "users",
                            "exec_vnode": "(%s:ncpus=4)" % (local or self.local), "run_count": 1,
@@ -206,6 +239,7 @@ class NodeTestCase(unittest.TestCase):
         self.assertNotEqual(res.outcome, "exception", "an exception escaped the hook: %s\n%r"
                             % (data.get("traceback"), res))
         self.assertNotEqual(res.outcome, "alarm", "the hook ran into its alarm: %r" % res)
+        self.apply_to_server(res)
         return res
 
     def marker(self):
@@ -214,6 +248,20 @@ class NodeTestCase(unittest.TestCase):
             return None
         with open(path) as f:
             return json.load(f)
+
+    def held(self):
+        """The vnodes the hook's marker holds offline, sorted ([] without a marker)."""
+        marker = self.marker()
+        return sorted(marker["vnodes"]) if marker else []
+
+    def age_marker(self, seconds):
+        """Make the marker's entries look `seconds` older (past the hook's reconcile grace)."""
+        path = os.path.join(self.hook_state_dir, "offline.json")
+        data = self.marker()
+        for entry in data["vnodes"].values():
+            entry["since"] -= seconds
+        with open(path, "w") as f:
+            json.dump(data, f)
 
     def fake_calls(self):
         if not os.path.exists(self.fake_log):
@@ -234,6 +282,11 @@ class NodeTestCase(unittest.TestCase):
         self.assertTrue((v["comment"] or "").startswith("msr-restore: "), repr(res))
         if contains:
             self.assertIn(contains, v["comment"], repr(res))
+
+    def assertServer(self, state, comment, name=None):
+        """The simulated server's vnode after the hooks so far."""
+        view = self.server_vnode(name)
+        self.assertEqual((view["state"], view["comment"]), (state, comment), repr(self.server))
 
     def assertUntouched(self, res, name=None):
         name = name or self.local

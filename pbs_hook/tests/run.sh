@@ -15,6 +15,7 @@ if [ -z "${MSRSAVE:-}" ]; then
     case $target in /*) ;; *) target=$repo/$target ;; esac
     MSRSAVE=$target/debug/msrsave
 fi
+case $MSRSAVE in /*) ;; *) MSRSAVE=$(pwd)/$MSRSAVE ;; esac  # the tests run elsewhere
 if [ ! -x "$MSRSAVE" ]; then
     echo "msrsave not found at $MSRSAVE" >&2
     exit 1

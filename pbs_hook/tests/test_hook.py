@@ -73,6 +73,50 @@ class JobCycleTests(NodeTestCase):
             self.assertUntouched(res)
             self.assertEqual(res.log_text(LOG_ERROR), "")
 
+    def test_end_after_a_successful_epilogue_says_so(self):
+        """execjob_end runs on every host after the epilogue: it must not report the job as
+        "not registered (its begin failed or never ran)"."""
+        self.assertAccepted(self.run_hook("execjob_prologue", "109.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_epilogue", "109.pbs", self.cfg))
+        res = self.run_hook("execjob_end", "109.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertNotIn("not registered", res.log_text())
+        self.assertIn("job 109.pbs: already ended by its epilogue on this host",
+                      res.log_text(LOG_DEBUG))
+        # a job whose begin really never ran here is still reported as such
+        res = self.run_hook("execjob_end", "110.pbs", self.cfg)
+        self.assertIn("not registered", res.log_text(LOG_DEBUG))
+
+    def test_requeued_job_after_epilogue_is_ended_by_its_end(self):
+        """An epilogue, then the job requeued and begun again here: its end restores."""
+        before = self.registers()
+        self.assertAccepted(self.run_hook("execjob_prologue", "111.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_epilogue", "111.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "111.pbs", self.cfg))
+        self.job_changes_registers()
+        self.assertAccepted(self.run_hook("execjob_end", "111.pbs", self.cfg))
+        self.assertEqual(self.registers(), before)
+
+    def test_begin_failure_reason_stays_on_the_vnode(self):
+        """The begin fails (the state dir cannot be made: a file is in its place), the vnode
+        goes offline with that reason; the epilogue and end fail the same way: their reasons go
+        to the logs, the vnode keeps the begin's."""
+        with open(self.state_dir, "w") as f:
+            f.write("not a directory\n")
+        res = self.run_hook("execjob_prologue", "112.pbs", self.cfg)
+        self.assertRejected(res)
+        self.assertOffline(res, contains="cannot snapshot MSRs for job 112.pbs")
+        begin_comment = res.vnodes[self.local]["comment"]
+        self.assertServer(ND_OFFLINE, begin_comment)
+        for event in ("execjob_epilogue", "execjob_end"):
+            res = self.run_hook(event, "112.pbs", self.cfg)
+            self.assertAccepted(res)
+            self.assertUntouched(res)
+            self.assertIn("MSR restore failed after job 112.pbs", res.log_text(LOG_ERROR))
+            self.assertTrue(any("MSR restore failed" in m for _, m in res.job_logs), repr(res))
+        self.assertServer(ND_OFFLINE, begin_comment)
+        self.assertEqual(self.held(), [self.local])
+
     def test_qdel_of_queued_job_end_without_prologue(self):
         """qdel before the job ran anywhere: only execjob_end runs; nothing to restore."""
         before = self.registers()
@@ -138,7 +182,7 @@ class JobCycleTests(NodeTestCase):
         res = self.run_hook("execjob_epilogue", "108.pbs", self.cfg)
         self.assertAccepted(res)
         self.assertOffline(res, contains="MSR restore failed after job 108.pbs")
-        self.assertEqual(self.marker()["vnodes"], [self.local])
+        self.assertEqual(self.held(), [self.local])
         self.assertTrue(any(j == "108.pbs" and "MSR restore failed" in m
                             for j, m in res.job_logs), repr(res))
 
@@ -175,40 +219,71 @@ class HealthTests(NodeTestCase):
         self.assertAccepted(res)
         self.assertOffline(res, contains="MSR drift")
         self.assertIn("MSR drift", res.log_text(LOG_ERROR))
-        marker = self.marker()
-        self.assertEqual(marker["vnodes"], [self.local])
-        offline = {self.local: {"state": ND_OFFLINE, "comment": res.vnodes[self.local]["comment"]}}
+        self.assertEqual(self.held(), [self.local])
+        comment = res.vnodes[self.local]["comment"]
+        self.assertServer(ND_OFFLINE, comment)
 
         # still drifted: stays offline, the same comment is not rewritten
-        res = self.run_hook("exechost_periodic", config=self.cfg, vnodes=offline)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertAccepted(res)
         self.assertUntouched(res)
+        self.assertServer(ND_OFFLINE, comment)
 
         self.write_msr(1, PERF_CTL, original)  # an admin fixed it
-        res = self.run_hook("exechost_periodic", config=self.cfg, vnodes=offline)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertAccepted(res)
         self.assertEqual(res.vnodes[self.local]["state"], ND_FREE, repr(res))
-        self.assertIsNone(res.vnodes[self.local]["comment"])
+        self.assertEqual(res.vnodes[self.local]["set"], ["state", "comment"], repr(res))
+        self.assertServer(ND_FREE, None)
         self.assertIsNone(self.marker())
         self.assertIn("back in service", res.log_text(LOG_WARNING))
 
+    def test_drift_comment_names_the_drift_once(self):
+        """msrsave's summary already starts with "MSR drift:"; the comment says it once."""
+        self.startup()
+        self.write_msr(1, PERF_CTL, self.read_msr(1, PERF_CTL) ^ 0x0C00)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertOffline(res)
+        self.assertEqual(res.vnodes[self.local]["comment"],
+                         "msr-restore: MSR drift: 1 registers on 1 CPUs differ from the snapshot "
+                         "(0x00000199 IA32_PERF_CTL)")
+
     def test_clean_check_leaves_an_admins_offline_alone(self):
         self.startup()
-        res = self.run_hook("exechost_periodic", config=self.cfg,
-                            vnodes={self.local: {"state": ND_OFFLINE,
-                                                 "comment": "disk replacement"}})
+        self.admin_offline("disk replacement")
+        res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertAccepted(res)
         self.assertUntouched(res)
+        self.assertServer(ND_OFFLINE, "disk replacement")
 
     def test_drift_does_not_take_over_an_admins_offline(self):
+        """pbsnodes -o -C "admin: maintenance", then a drift, then the registers fixed: the
+        vnode stays offline with the admin's comment throughout (the mom sees state and comment
+        None; the hook asks the server)."""
         self.startup()
-        self.write_msr(0, PERF_CTL, self.read_msr(0, PERF_CTL) ^ 0x0100)
-        res = self.run_hook("exechost_periodic", config=self.cfg,
-                            vnodes={self.local: {"state": ND_OFFLINE,
-                                                 "comment": "disk replacement"}})
+        self.admin_offline("admin: maintenance")
+        original = self.read_msr(0, PERF_CTL)
+        self.write_msr(0, PERF_CTL, original ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("not by this hook", res.log_text(LOG_ERROR))
+        self.assertIsNone(self.marker())
+        self.write_msr(0, PERF_CTL, original)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertServer(ND_OFFLINE, "admin: maintenance")
+
+    def test_job_failure_does_not_take_over_an_admins_offline(self):
+        """An admin offlined the node while a job ran; its restore fails: comment kept."""
+        self.admin_offline("admin: maintenance")
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_epilogue", "311.pbs", cfg)
         self.assertAccepted(res)
         self.assertUntouched(res)
         self.assertIsNone(self.marker())
+        self.assertTrue(any("MSR restore failed" in m for _, m in res.job_logs), repr(res))
 
     def test_comment_changed_by_admin_is_not_freed(self):
         self.startup()
@@ -216,12 +291,59 @@ class HealthTests(NodeTestCase):
         res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertOffline(res)
         self.write_msr(2, PERF_CTL, self.read_msr(2, PERF_CTL) ^ 0x0100)
-        res = self.run_hook("exechost_periodic", config=self.cfg,
-                            vnodes={self.local: {"state": ND_OFFLINE,
-                                                 "comment": "investigating MSRs -- bob"}})
+        self.admin_offline("investigating MSRs -- bob")
+        res = self.run_hook("exechost_periodic", config=self.cfg)
         self.assertAccepted(res)
         self.assertUntouched(res)
         self.assertIsNone(self.marker(), "the admin owns the vnode now")
+        self.assertServer(ND_OFFLINE, "investigating MSRs -- bob")
+
+    def test_brought_back_by_an_admin_is_dropped_and_retaken_on_drift(self):
+        """pbsnodes -r while the hook held the vnode: the hook forgets it; a drift still there
+        takes it offline again."""
+        self.startup()
+        self.write_msr(2, PERF_CTL, self.read_msr(2, PERF_CTL) ^ 0x0100)
+        self.assertOffline(self.run_hook("exechost_periodic", config=self.cfg))
+        self.server[self.local] = {"state": ND_FREE, "comment": None}  # pbsnodes -r
+        # just taken offline: the server may not have it yet, so the hook still holds it
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertUntouched(res)
+        self.assertEqual(self.held(), [self.local])
+        self.age_marker(3600)
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertOffline(res, contains="MSR drift")
+        self.assertIn("brought back while this hook held it", res.log_text(LOG_WARNING))
+        self.assertEqual(self.held(), [self.local])
+
+    def test_server_unreachable(self):
+        """Without the server's view: a failure still takes the vnode offline (a host with wrong
+        registers must not run jobs); bringing it back waits until the server can be asked."""
+        self.startup()
+        original = self.read_msr(1, PERF_CTL)
+        self.write_msr(1, PERF_CTL, original ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=self.cfg, server_reachable=False)
+        self.assertOffline(res, contains="MSR drift")
+        self.assertIn("cannot connect to the PBS server", res.log_text(LOG_WARNING))
+        self.write_msr(1, PERF_CTL, original)
+        res = self.run_hook("exechost_periodic", config=self.cfg, server_reachable=False)
+        self.assertUntouched(res)
+        self.assertEqual(self.held(), [self.local])
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertEqual(res.vnodes[self.local]["set"], ["state", "comment"], repr(res))
+        self.assertServer(ND_FREE, None)
+        self.assertIsNone(self.marker())
+
+    def test_marker_of_an_earlier_version_is_honoured(self):
+        """Version 1 markers listed names only; their vnodes still come back."""
+        self.startup()
+        os.makedirs(self.hook_state_dir)
+        with open(os.path.join(self.hook_state_dir, "offline.json"), "w") as f:
+            json.dump({"vnodes": [self.local], "reason": "MSR drift: old", "event": "x",
+                       "time": "then", "comment_prefix": "msr-restore: "}, f)
+        self.server[self.local] = {"state": ND_OFFLINE, "comment": "msr-restore: MSR drift: old"}
+        res = self.run_hook("exechost_periodic", config=self.cfg)
+        self.assertServer(ND_FREE, None)
+        self.assertIsNone(self.marker())
 
     def test_periodic_skips_the_check_while_jobs_run(self):
         self.startup()
@@ -340,7 +462,7 @@ class FailureTests(NodeTestCase):
         self.assertRejected(res)
         self.assertIn("cannot run msrsave", res.reject_msg)
         self.assertOffline(res, contains="cannot snapshot MSRs for job 401.pbs")
-        self.assertEqual(self.marker()["vnodes"], [self.local])
+        self.assertEqual(self.held(), [self.local])
         self.assertTrue(res.job_logs)
 
     def test_msrsave_missing_prologue_accept_policy(self):
@@ -415,7 +537,7 @@ class FailureTests(NodeTestCase):
         self.assertOffline(res, "node2[1]")
         self.assertUntouched(res, "node1")
         self.assertUntouched(res, "node20")
-        self.assertEqual(self.marker()["vnodes"], ["node2", "node2[1]"])
+        self.assertEqual(self.held(), ["node2", "node2[1]"])
 
     def test_restore_failure_with_on_restore_failure_log(self):
         cfg = self.fake_config("fail", on_restore_failure="log")
@@ -456,6 +578,28 @@ class FailureTests(NodeTestCase):
         res = self.run_hook("periodic", config=cfg)
         self.assertAccepted(res)
         self.assertEqual(self.fake_calls(), [])
+
+    def test_server_periodic_with_no_stderr_and_a_failing_logmsg(self):
+        """pbs_server runs the hook for pbs.PERIODIC with sys.stderr None; if pbs.logmsg fails
+        there too (as on a PBS built for Python 3.11 without PY_SSIZE_T_CLEAN), the hook must
+        still end with accept, not an exception."""
+        cfg = self.fake_config("ok")
+        res = self.run_hook("periodic", config=cfg,
+                            logmsg_error="PY_SSIZE_T_CLEAN macro must be defined for '#' formats")
+        self.assertAccepted(res)
+
+    def test_failing_logmsg_in_a_mom_event_goes_to_stderr(self):
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_epilogue", "417.pbs", cfg, logmsg_error="logmsg broke")
+        self.assertAccepted(res)
+        self.assertOffline(res)
+        self.assertIn(b"MSR restore failed after job 417.pbs", res.proc.stderr)
+
+    def test_internal_error_with_a_failing_logmsg_still_ends_the_hook(self):
+        cfg = self.fake_config("fail")
+        res = self.run_hook("execjob_prologue", "418.pbs", cfg, local=None,
+                            logmsg_error="logmsg broke")
+        self.assertRejected(res)
 
     def test_uninteresting_event_types_are_accepted(self):
         cfg = self.fake_config("ok")
@@ -585,7 +729,7 @@ class PortabilityTests(unittest.TestCase):
                 names.update(a.name.split(".")[0] for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 names.add(node.module.split(".")[0])
-        self.assertEqual(names - {"json", "os", "signal", "subprocess", "sys", "time",
+        self.assertEqual(names - {"fcntl", "json", "os", "signal", "subprocess", "sys", "time",
                                   "traceback"}, {"pbs"})
 
 

@@ -99,6 +99,93 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn(b"is not installed", p.stdout)
 
+    def state(self, name):
+        path = os.path.join(self.tmp, name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def test_install_starts_no_server_timer(self):
+        """'freq' set on an enabled mom hook also starts a pbs_server timer for it (which
+        'delete hook' leaves behind): install.sh sets freq while the hook is disabled."""
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        self.assertEqual(self.state("timers.json"), {})
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)  # and when updating
+        self.assertEqual(self.state("timers.json"), {})
+
+    def test_uninstall_leaves_no_timer_behind(self):
+        """Hooks installed another way (e.g. an earlier install.sh: create, then freq while
+        enabled) have a server timer; uninstall.sh deletes them without leaving it behind."""
+        q = os.path.join(TESTS, "fake_qmgr")
+        for cmd in ("create hook msr_restore_check",
+                    "set hook msr_restore_check event = exechost_periodic",
+                    "set hook msr_restore_check freq = 120"):
+            subprocess.run([q, "-c", cmd], env=self.env, check=True)
+        self.assertEqual(sorted(self.state("timers.json")), ["msr_restore_check"])
+        p = self.run_sh(UNINSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.hooks(), {})
+        self.assertEqual(self.state("dangling_timers.json"), [])
+
+    def test_install_right_after_uninstall(self):
+        """uninstall.sh deletes the hooks at once (no "pending delete" while the moms drop
+        them): install.sh right after it does not have to wait."""
+        self.env["FAKE_QMGR_PENDING_DELETE"] = "3600"
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        self.assertEqual(self.run_sh(UNINSTALL).returncode, 0)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"pending delete", p.stdout)
+        self.assertEqual(sorted(self.hooks()), ["msr_restore_begin", "msr_restore_check",
+                                                "msr_restore_end"])
+
+    def test_install_waits_for_names_pending_delete(self):
+        """Hooks deleted with qmgr itself stay "pending delete" until every mom dropped them:
+        install.sh waits for the names instead of stopping halfway."""
+        self.env["FAKE_QMGR_PENDING_DELETE"] = "2"
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        q = os.path.join(TESTS, "fake_qmgr")
+        for name in ("msr_restore_begin", "msr_restore_end", "msr_restore_check"):
+            subprocess.run([q, "-c", "delete hook %s" % name], env=self.env, check=True)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"pending delete", p.stdout)
+        hooks = self.hooks()
+        self.assertEqual(sorted(hooks), ["msr_restore_begin", "msr_restore_check",
+                                         "msr_restore_end"])
+        for h in hooks.values():
+            self.assertEqual(h["enabled"], "true")
+            self.assertEqual(h["application/x-python"], HOOK)
+        self.assertEqual(hooks["msr_restore_check"]["freq"], "120")
+
+    def test_names_stuck_pending_delete_leave_no_half_installed_hook(self):
+        """A mom that is down keeps a name pending delete: install.sh gives up after
+        MSR_RESTORE_QMGR_WAIT seconds, says why, and no hook has events or is enabled; once the
+        name is free, running it again completes."""
+        self.env["FAKE_QMGR_PENDING_DELETE"] = "3600"
+        q = os.path.join(TESTS, "fake_qmgr")
+        for cmd in ("create hook msr_restore_check",
+                    "set hook msr_restore_check event = exechost_periodic",
+                    "delete hook msr_restore_check"):
+            subprocess.run([q, "-c", cmd], env=self.env, check=True)
+        self.env["MSR_RESTORE_QMGR_WAIT"] = "2"
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"msr_restore_check is still pending delete after 2s", p.stderr)
+        self.assertIn(b"pbsnodes -l", p.stderr)
+        self.assertEqual(sorted(self.hooks()), ["msr_restore_begin", "msr_restore_end"])
+        for name, h in self.hooks().items():
+            self.assertEqual(h["event"], "", name)
+            self.assertEqual(h["enabled"], "false", name)
+        with open(os.path.join(self.tmp, "pending_delete.json"), "w") as f:
+            json.dump({}, f)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(sorted(self.hooks()), ["msr_restore_begin", "msr_restore_check",
+                                                "msr_restore_end"])
+        self.assertEqual(self.hooks()["msr_restore_end"]["event"], "execjob_epilogue,execjob_end")
+
     def test_dry_run_changes_nothing(self):
         p = self.run_sh(INSTALL, "--dry-run")
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -114,6 +201,19 @@ class InstallTests(unittest.TestCase):
         p = subprocess.run(["shellcheck", "-s", "sh"] + scripts, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
         self.assertEqual(p.returncode, 0, p.stdout.decode())
+        p = subprocess.run(["shellcheck", os.path.join(TESTS, "live", "run.sh")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+
+    def test_live_suite_says_not_run_without_a_pbs(self):
+        env = dict(os.environ)
+        env.pop("PBS_EXEC", None)
+        p = subprocess.run([os.path.join(TESTS, "live", "run.sh")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, timeout=60)
+        self.assertEqual(p.returncode, 77, p.stderr)
+        lines = p.stdout.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("NOT RUN pbs_live: set PBS_EXEC"), lines)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
 # -*- coding: utf-8 -*-
 """A stand-in for the `pbs` module a PBS hook imports, for running hooks under plain python3.
 
-It follows the real OpenPBS 23.06 API for the parts a mom hook uses (src/lib/Libpython and
-src/modules/python/pbs/v1 in OpenPBS):
+It follows the real OpenPBS 23.06 module (src/lib/Libpython and src/modules/python/pbs/v1) for the
+parts a mom hook uses, and where a live OpenPBS 23.06.06 was seen to behave in a way the API
+does not say, it does what the live one did (pbs_hook/tests/live/ checks these against a real
+server with the same probe hook it runs here):
 
 - the integer constants with their real values (event types from hook.h, vnode states from
   pbs_nodes.h, log severities from hook.h);
 - pbs.event(): .type, .hook_name, .hook_type, .requestor, .requestor_host, and per event type
   .job, .vnode_list, .job_list; reading a parameter the event type does not have raises
-  pbs.EventIncompatibleError, as the real __getattr__ does;
+  pbs.EventIncompatibleError (an AttributeError, as in pbs.v1._exc_types);
 - event.accept(ecode=0) and event.reject(emsg="", ecode=255) end the hook by raising
   SystemExit(str(ecode));
-- pbs.vnode(name) objects with state (int bit mask) and comment, dict-like vnode_list;
+- e.vnode_list and e.job_list are plain dicts: nothing checks what is assigned to them;
+- in mom events (execjob_*, exechost_*) every vnode of e.vnode_list has state and comment None:
+  the mom does not know them. Only the server's own events (pbs.PERIODIC) carry them;
+- pbs.vnode(name) objects: unknown attribute names raise UnsetAttributeNameError; comment = None
+  reads back '' (the attribute descriptor turns None into "unset");
+- pbs.server(): in a mom hook it connects to the server and returns None when it cannot;
+  .vnode(name) is the server's view of the vnode (state, comment), None for an unknown vnode;
+- in the server's own events sys.stdout and sys.stderr are None (pbs_server has neither);
 - job objects: .id, .euser, .egroup, .exec_vnode, .run_count, .Resource_List[...],
-  .in_ms_mom(), .rerun(), .delete();
+  .in_ms_mom() ("True", a str, on the mother superior; False on a sister), .rerun(), .delete();
 - pbs.logmsg(level, msg), pbs.logjobmsg(jobid, msg), pbs.get_local_nodename(),
   pbs.hook_config_filename (from env PBS_HOOK_CONFIG_FILE, None when unset).
 
@@ -23,13 +32,23 @@ The test harness describes the event in a JSON file named by PBS_STANDIN_EVENT:
      "local_nodename": "node1",
      "job": {"id": "42.server", "euser": "alice", "egroup": "users", "exec_vnode": "(node1:ncpus=4)",
              "run_count": 1, "in_ms_mom": true, "Resource_List": {"ncpus": 4}},
-     "vnode_list": {"node1": {"state": 0, "comment": null}},
-     "job_list": {"42.server": {...job...}}}
+     "vnode_list": ["node1"],
+     "job_list": {"42.server": {...job...}},
+     "server_vnodes": {"node1": {"state": 0, "comment": null}},
+     "server_reachable": true,
+     "logmsg_error": null}
 
-and reads what the hook did from the JSON file named by PBS_STANDIN_RESULT, written when the
-hook process ends: {"outcome": "accept"|"reject"|"none"|"exception"|"alarm", "reject_msg",
+vnode_list names the event's vnodes (a dict is accepted: in mom events its values are ignored,
+the mom knows nothing of them); server_vnodes is the server's view, what pbs.server().vnode() and
+the server's own events see (default: every vnode of vnode_list free, no comment);
+server_reachable false makes pbs.server() return None; logmsg_error makes pbs.logmsg raise
+SystemError with that text (what a PBS built for Python 3.11 without PY_SSIZE_T_CLEAN does).
+
+The harness reads what the hook did from the JSON file named by PBS_STANDIN_RESULT, written when
+the hook process ends: {"outcome": "accept"|"reject"|"none"|"exception"|"alarm", "reject_msg",
 "logs": [[level, msg]], "job_logs": [[jobid, msg]], "vnodes": {name: {"state", "comment",
-"set": [attribute names the hook set]}}, "job_actions": [...], "traceback"}.
+"set": [attribute names the hook set]}}, "job_actions": [...], "traceback"}. "state" and "comment"
+there are the values the hook set (None when it set nothing), what the server would apply.
 
 Like pbs_python, an uncaught exception is a hook error (recorded as "exception", exit 254) and
 the hook's alarm (the "alarm" seconds of the event) kills it (recorded as "alarm", exit 253).
@@ -123,34 +142,43 @@ _EVENT_TYPES = {
     "execjob_abort": EXECJOB_ABORT,
 }
 
-# Which event parameters exist for which event type (the mom hook events this stand-in serves).
+# Which event parameters exist for which event type (the events this stand-in serves).
 _JOB_EVENTS = (EXECJOB_BEGIN, EXECJOB_PROLOGUE, EXECJOB_EPILOGUE, EXECJOB_END, EXECJOB_PRETERM,
                EXECJOB_LAUNCH, EXECJOB_ATTACH, EXECJOB_RESIZE, EXECJOB_ABORT)
+_MOM_EVENTS = _JOB_EVENTS + (EXECHOST_PERIODIC, EXECHOST_STARTUP)
 _PARAMS = {t: ("job", "vnode_list") for t in _JOB_EVENTS}
 _PARAMS[EXECHOST_PERIODIC] = ("vnode_list", "job_list")
 _PARAMS[EXECHOST_STARTUP] = ("vnode_list",)
-_PARAMS[PERIODIC] = ()
+_PARAMS[PERIODIC] = ("vnode_list",)
 
 
 # --- exceptions (pbs.v1._exc_types) ------------------------------------------------------------
 
-class PBSError(RuntimeError):
+class EventIncompatibleError(AttributeError):
     pass
 
 
-class EventIncompatibleError(PBSError):
+class UnsetAttributeNameError(Exception):
     pass
 
 
-class UnsetAttributeNameError(PBSError):
+class BadAttributeValueTypeError(Exception):
     pass
 
 
-class BadAttributeValueTypeError(PBSError):
+class BadAttributeValueError(Exception):
     pass
 
 
-class BadAttributeValueError(PBSError):
+class UnsetResourceNameError(Exception):
+    pass
+
+
+class BadResourceValueTypeError(Exception):
+    pass
+
+
+class BadResourceValueError(Exception):
     pass
 
 
@@ -171,8 +199,12 @@ def _write_result():
         ev = _EVENT[0]
         if ev is not None and "vnode_list" in ev._param:
             for name, v in ev._param["vnode_list"].items():
-                vnodes[name] = {"state": v._attrs.get("state"), "comment": v._attrs.get("comment"),
-                                "set": list(v._set)}
+                if not isinstance(v, vnode):
+                    continue
+                setv = object.__getattribute__(v, "_set")
+                vals = object.__getattribute__(v, "_set_values")
+                vnodes[name] = {"state": vals.get("state"), "comment": vals.get("comment"),
+                                "set": list(setv)}
     except Exception:
         pass
     _RESULT["vnodes"] = vnodes
@@ -189,7 +221,8 @@ def _excepthook(etype, value, tb):
         _RESULT["outcome"] = "exception"
         _RESULT["traceback"] = "".join(traceback.format_exception(etype, value, tb))
         _write_result()
-        sys.__excepthook__(etype, value, tb)
+        if sys.__stderr__ is not None:
+            sys.__excepthook__(etype, value, tb)
         os._exit(254)
 
 
@@ -214,11 +247,12 @@ _VNODE_ATTRS = ("name", "state", "comment", "ntype", "sharing", "resources_avail
 
 
 class vnode(object):
-    """pbs.vnode: attribute access like the real one (unknown names raise)."""
+    """pbs.vnode: attribute access like the real one (unknown names raise; None unsets)."""
 
     def __init__(self, name, attrs=None):
         object.__setattr__(self, "_attrs", {"name": name, "state": None, "comment": None})
         object.__setattr__(self, "_set", [])
+        object.__setattr__(self, "_set_values", {})
         if attrs:
             self._attrs.update(attrs)
 
@@ -232,30 +266,21 @@ class vnode(object):
     def __setattr__(self, key, value):
         if key not in _VNODE_ATTRS:
             raise UnsetAttributeNameError("vnode attribute '%s' not found" % key)
-        if key == "name":
-            raise BadAttributeValueError("vnode name is read-only")
-        if key == "state" and not (isinstance(value, int) and not isinstance(value, bool)):
+        if key == "state" and value is not None and \
+                not (isinstance(value, int) and not isinstance(value, bool)):
             raise BadAttributeValueTypeError("vnode state must be an int (pbs.ND_*), got %r"
                                              % (value,))
-        if key == "state" and value & ~0xFFFFF:
-            raise BadAttributeValueError("bad vnode state %r" % (value,))
         if key == "comment" and value is not None and not isinstance(value, str):
             raise BadAttributeValueTypeError("vnode comment must be a str, got %r" % (value,))
-        self._attrs[key] = value
+        # In a hook, None means "unset": the real descriptor stores '' instead.
+        stored = "" if value is None else value
+        self._attrs[key] = stored
+        self._set_values[key] = stored
         if key not in self._set:
             self._set.append(key)
 
     def __str__(self):
         return self._attrs["name"]
-
-
-class vnode_list(dict):
-    """The event's vnode list: a dict of vnode name -> pbs.vnode."""
-
-    def __setitem__(self, key, value):
-        if not isinstance(value, vnode):
-            raise BadAttributeValueTypeError("vnode_list values must be pbs.vnode objects")
-        dict.__setitem__(self, key, value)
 
 
 class pbs_resource(dict):
@@ -281,7 +306,9 @@ class job(object):
         raise BadAttributeValueError("job attribute '%s' cannot be set in this stand-in" % key)
 
     def in_ms_mom(self):
-        return self._ms
+        # The real one gives the string "True" on the mother superior (read from the mom's
+        # hook input file) and the bool False on a sister.
+        return "True" if self._ms else False
 
     def rerun(self):
         _RESULT["job_actions"].append(["rerun", self._spec.get("id")])
@@ -293,13 +320,28 @@ class job(object):
         return str(self._spec.get("id"))
 
 
+def _server_view(name):
+    """The server's state and comment of a vnode: from server_vnodes, else free with none."""
+    view = (_SPEC.get("server_vnodes") or {}).get(name)
+    if view is None:
+        if name not in _vnode_names():
+            return None
+        view = {}
+    return {"state": view.get("state", ND_FREE), "comment": view.get("comment")}
+
+
+def _vnode_names():
+    names = _SPEC.get("vnode_list") or []
+    return list(names.keys()) if isinstance(names, dict) else list(names)
+
+
 class _event(object):
     def __init__(self, spec):
         etype = _EVENT_TYPES[spec["type"]]
         object.__setattr__(self, "type", etype)
         object.__setattr__(self, "hook_name", spec.get("hook_name", "msr_restore"))
         object.__setattr__(self, "hook_type", "site")
-        object.__setattr__(self, "requestor", "pbs_mom")
+        object.__setattr__(self, "requestor", "pbs_mom" if etype in _MOM_EVENTS else "PBS_Server")
         object.__setattr__(self, "requestor_host", spec.get("local_nodename", "localhost"))
         object.__setattr__(self, "user", "pbsadmin")
         params = {}
@@ -307,9 +349,15 @@ class _event(object):
         if "job" in allowed:
             params["job"] = job(spec.get("job") or {"id": "0.server"})
         if "vnode_list" in allowed:
-            vl = vnode_list()
-            for name, attrs in (spec.get("vnode_list") or {}).items():
-                vl[name] = vnode(name, attrs)
+            vl = {}
+            if etype in _MOM_EVENTS:
+                # The mom knows the names of the vnodes, not their state or comment.
+                for name in _vnode_names():
+                    vl[name] = vnode(name)
+            else:
+                names = set(_vnode_names()) | set(spec.get("server_vnodes") or {})
+                for name in sorted(names):
+                    vl[name] = vnode(name, _server_view(name))
             params["vnode_list"] = vl
         if "job_list" in allowed:
             params["job_list"] = dict((jid, job(dict(js, id=jid)))
@@ -321,7 +369,7 @@ class _event(object):
             raise AttributeError(key)
         if key in self._param:
             return self._param[key]
-        raise EventIncompatibleError("event parameter '%s' not available for this event" % key)
+        raise EventIncompatibleError('"%s" not found in self._param' % key)
 
     def __setattr__(self, key, value):
         raise BadAttributeValueError("event attribute '%s' is read-only" % key)
@@ -336,6 +384,16 @@ class _event(object):
         _RESULT["reject_msg"] = emsg
         _RESULT["ecode"] = ecode
         raise SystemExit(str(ecode))
+
+
+class _server(object):
+    """pbs.server(): only what a mom hook can ask of it here (vnodes)."""
+
+    def vnode(self, name):
+        view = _server_view(name)
+        if view is None:
+            return None
+        return vnode(name, view)
 
 
 _EVENT = [None]
@@ -355,6 +413,10 @@ _EVENT[0] = _event(_SPEC)
 if _SPEC.get("alarm"):
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(_SPEC["alarm"]))
+if _EVENT[0].type not in _MOM_EVENTS:
+    # pbs_server runs hooks in its own interpreter, which has no stdout or stderr.
+    sys.stdout = None
+    sys.stderr = None
 
 
 # --- module functions ----------------------------------------------------------------------------
@@ -364,6 +426,12 @@ hook_config_filename = os.environ.get("PBS_HOOK_CONFIG_FILE")
 
 def event():
     return _EVENT[0]
+
+
+def server():
+    if not _SPEC.get("server_reachable", True):
+        return None  # pbs_statobj() could not connect
+    return _server()
 
 
 def get_local_nodename():
@@ -380,17 +448,21 @@ _LEVELS = (LOG_DEBUG, LOG_WARNING, LOG_ERROR, EVENT_ERROR, EVENT_SYSTEM, EVENT_A
 
 
 def logmsg(level, msg):
+    if _SPEC.get("logmsg_error"):
+        raise SystemError(_SPEC["logmsg_error"])
     if not isinstance(level, int) or level not in _LEVELS:
         raise ValueError("logmsg: bad log level %r" % (level,))
     if not isinstance(msg, str):
         raise TypeError("logmsg: message must be a str")
     _RESULT["logs"].append([level, msg])
     name = {LOG_DEBUG: "DEBUG", LOG_WARNING: "WARNING", LOG_ERROR: "ERROR"}.get(level, level)
-    if os.environ.get("PBS_STANDIN_VERBOSE"):
-        sys.stderr.write("pbs.logmsg %s %s\n" % (name, msg))
+    if os.environ.get("PBS_STANDIN_VERBOSE") and sys.__stderr__ is not None:
+        sys.__stderr__.write("pbs.logmsg %s %s\n" % (name, msg))
 
 
 def logjobmsg(jobid, msg):
+    if _SPEC.get("logmsg_error"):
+        raise SystemError(_SPEC["logmsg_error"])
     if not isinstance(msg, str):
         raise TypeError("logjobmsg: message must be a str")
     _RESULT["job_logs"].append([str(jobid), msg])
