@@ -18,9 +18,9 @@ set_byte() {
 }
 
 fleet_scenario() {
-    local node_dir=$1 msrsave=$2 repo=$3
-    local dir out conf policy epb rc
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/msr-fleet.XXXXXX")
+    local node_dir=$1 msrsave=$2 fleet=$3 node_name=$4
+    local dir out conf policy epb rc failed_before=$FAILED
+    dir=$(mktemp -d "$MSR_SLURM_DIR/fleet.XXXXXX")
     chmod 755 "$dir"
     policy="$dir/policy.toml"
     epb=$(od -An -t u8 -j $((8 * 0x1B0)) -N 8 "$node_dir/dev/cpu/0/msr_safe" | tr -d ' ')
@@ -38,25 +38,32 @@ EOF
     out="$dir/fingerprints.jsonl"
 
     rc=0
-    MSR_RESTORE_CONFIG=$conf MSRSAVE=$msrsave salloc -N 1 --quiet \
-        "$repo/packaging/files/msr-restore-fleet" --via srun --out "$out" -- --format json \
+    in_root env SLURM_CONF="$SLURM_CONF" MSR_RESTORE_CONFIG="$conf" MSRSAVE="$msrsave" \
+        salloc -N 1 --quiet "$fleet" --via srun --out "$out" -- --format json \
         >"$dir/compare.json" 2>"$dir/stderr" || rc=$?
     check "fleet: srun collected one fingerprint per node and compare is clean (exit $rc)" \
         test "$rc" = 0
     check "fleet: the fingerprint names the Slurm node and carries the policy's fields" \
-        grep -q "\"node\":\"$(hostname -s)\".*\"IA32_ENERGY_PERF_BIAS.hint\"" "$out"
+        grep -q "\"node\":\"$node_name\".*\"IA32_ENERGY_PERF_BIAS.hint\"" "$out"
     check "fleet: compare counted 1 node" grep -q '"nodes":1' "$dir/compare.json"
 
-    # The node's energy bias changes on CPU 1: a static field broken, found through srun.
+    # The node's energy bias changes on CPU 1: a static field broken, found through srun. First
+    # the allocation's epilog must be done: it restores what changed since its prolog.
+    wait_node_state IDLE 30 >/dev/null
     set_byte "$node_dir/dev/cpu/1/msr_safe" $((0x1B0)) $(((epb & 15) ^ 1))
     rc=0
-    MSR_RESTORE_CONFIG=$conf MSRSAVE=$msrsave salloc -N 1 --quiet \
-        "$repo/packaging/files/msr-restore-fleet" --via srun --out "$out" -- --format json \
+    in_root env SLURM_CONF="$SLURM_CONF" MSR_RESTORE_CONFIG="$conf" MSRSAVE="$msrsave" \
+        salloc -N 1 --quiet "$fleet" --via srun --out "$out" -- --format json \
         >"$dir/compare.json" 2>"$dir/stderr" || rc=$?
     check "fleet: a broken static field is a violation (exit $rc)" test "$rc" = 1
     check "fleet: the violation names the field and CPU 1" \
         grep -q '"field":"IA32_ENERGY_PERF_BIAS.hint".*on CPUs 1' "$dir/compare.json"
-    # Put the register back as it was.
+    # Put the register back as it was, once this allocation's epilog is done.
+    wait_node_state IDLE 30 >/dev/null
     set_byte "$node_dir/dev/cpu/1/msr_safe" $((0x1B0)) $((epb & 255))
-    rm -rf "$dir"
+    if ((FAILED > failed_before)); then
+        echo "fleet: kept $dir for a look (fingerprints.jsonl, compare.json, stderr)"
+    else
+        rm -rf "$dir"
+    fi
 }

@@ -67,6 +67,7 @@ done
 install -m 755 "$MSRSAVE_BUILD" "$MSRSAVE"
 install -m 755 "$repo/packaging/slurm/msr-healthcheck" "$MSR_SLURM_DIR/bin/msr-healthcheck"
 install -m 755 "$repo/packaging/slurm/msr-restore-slurm-check" "$MSR_SLURM_DIR/bin/msr-restore-slurm-check"
+install -m 755 "$repo/packaging/files/msr-restore-fleet" "$MSR_SLURM_DIR/bin/msr-restore-fleet"
 
 # The test user, with the same uid and gid in a root as on the host (the emulated node's register
 # files are given to its group on the host).
@@ -121,6 +122,7 @@ flip() { printf '%016x' $(((0x$1) ^ ($2))); }
 plugstack() { printf '%s\n' "$*" >"$MSR_SLURM_DIR/etc/plugstack.conf"; }
 SCONTROL=$(root_path scontrol) || die "no scontrol${MSR_SLURM_CHROOT:+ in $MSR_SLURM_CHROOT}"
 JOB_METRICS="$MSR_SLURM_DIR/msr_restore_jobs.prom"
+rm -f "$JOB_METRICS" # counters: a previous run's would add up
 PLUG_ARGS="root=$NODE_DIR state_dir=$STATE_DIR scontrol=$SCONTROL job_metrics=$JOB_METRICS"
 plugstack "required $PLUGIN $PLUG_ARGS"
 : >"$MSR_SLURM_DIR/etc/healthcheck.args"
@@ -349,9 +351,10 @@ resume_node
 # A message with quotes in it reaches the drain reason whole (msrsave's --format shell line).
 bad="$MSR_SLURM_DIR/bad-baseline.json"
 printf '{"format": "other", "version": 1}\n' >"$bad"
-"$MSR_SLURM_DIR/bin/msr-healthcheck" --baseline "$bad" --root "$NODE_DIR" --state-dir "$STATE_DIR" --msrsave "$MSRSAVE" >/dev/null
+# Through the cluster's own scontrol (a 24.11 controller refuses the host's 22.05 client).
+out=$(in_root "$MSR_SLURM_DIR/bin/msr-healthcheck" --baseline "$bad" --root "$NODE_DIR" --state-dir "$STATE_DIR" --msrsave "$MSRSAVE" 2>&1)
 r=$(node_reason)
-check "a quoted message stays whole in the drain reason ($r)" grep -qF 'format is "other", not "msr-restore-snapshot"' <<<"$r"
+check "a quoted message stays whole in the drain reason ($r; the health check said: $out)" grep -qF 'format is "other", not "msr-restore-snapshot"' <<<"$r"
 resume_node
 
 # --- 6. a bad argument in plugstack.conf ------------------------------------------------------------
@@ -427,6 +430,12 @@ check "slurmd.log: the forgotten job 999999 was ended, saying why" \
 check "the node was restored to the state before job 999999 ($(reg "$NODE_DIR" 0 0x199))" test "$(reg "$NODE_DIR" 0 0x199)" = "$b"
 check "no state left" no_state_left
 restart_slurmd
+
+# --- 9. fleet consistency through srun ------------------------------------------------------------
+echo "== 9. msr-restore-fleet --via srun: one fingerprint per node, compared against a policy"
+# shellcheck source=fleet.sh
+. "$here/fleet.sh"
+fleet_scenario "$NODE_DIR" "$MSRSAVE" "$MSR_SLURM_DIR/bin/msr-restore-fleet" "$NODE_NAME"
 
 # --- performance: what the plugin adds to a job on a 256-CPU node ------------------------------------
 # The same job (srun -n1 /bin/true as the test user) with no plugin and with the plugin on an
