@@ -75,16 +75,18 @@ subst() { # subst MODE SRC DEST-PATH: copy with @VARIABLES@ replaced
     chmod "$1" "$dest$3"
 }
 note() { echo "stage.sh: $*"; }
-# healthcheck_man SCRIPT PAGE: a man page made of the script's header comment (its --help text),
-# so the page says what the script says.
-healthcheck_man() {
+# script_man SCRIPT PAGE NAME SUMMARY SEE-ALSO: a section 8 man page made of the script's header
+# comment (its --help text), so the page says what the script says.
+script_man() {
+    local upper
+    upper=$(printf '%s' "$3" | tr '[:lower:]' '[:upper:]' | sed 's/-/\\-/g')
     mkdir -p "$(dirname "$2")"
     {
-        printf '.TH MSR\\-HEALTHCHECK 8 "" "msr-restore" "msr-restore"\n'
-        printf '.SH NAME\nmsr\\-healthcheck \\- SLURM health check for MSR drift (msr-restore)\n'
+        printf '.TH %s 8 "" "msr-restore" "msr-restore"\n' "$upper"
+        printf '.SH NAME\n%s \\- %s\n' "$(printf '%s' "$3" | sed 's/-/\\-/g')" "$4"
         printf '.SH DESCRIPTION\n.nf\n'
         sed -n '2,/^[^#]/{/^#/!d; s/^# \{0,1\}//; s/\\/\\e/g; s/^\./\\\&./; s/-/\\-/g; p}' "$1"
-        printf '.fi\n.SH SEE ALSO\n\\fBmsrsave\\-check\\fR(1), \\fBslurm.conf\\fR(5) (HealthCheckProgram)\n'
+        printf '.fi\n.SH SEE ALSO\n%s\n' "$5"
     } >"$2"
     chmod 0644 "$2"
 }
@@ -118,6 +120,14 @@ inst 0644 "$files/msr-restore-baseline.service" "$unitdir/msr-restore-baseline.s
 subst 0644 "$files/msr-restore-check.service" "$unitdir/msr-restore-check.service"
 inst 0644 "$files/msr-restore-check.timer" "$unitdir/msr-restore-check.timer"
 install -d -m 0755 "$dest/var/lib/msr-restore"
+
+# Fleet consistency: collect fingerprints across nodes (srun, pdsh or clush) and compare them
+# against the site policy; run by an admin on a login or management node.
+inst 0755 "$files/msr-restore-fleet" /usr/sbin/msr-restore-fleet
+script_man "$files/msr-restore-fleet" "$dest/usr/share/man/man8/msr-restore-fleet.8" \
+    msr-restore-fleet "compare MSR settings across nodes against the site policy (msr-restore)" \
+    '\fBmsrsave\-fleet\fR(1), \fBsrun\fR(1), \fBpdsh\fR(1), \fBclush\fR(1)'
+gzip -9nf "$dest/usr/share/man/man8/msr-restore-fleet.8"
 
 # NHC check, udev rules (optional, not active).
 inst 0644 "$files/msr_restore.nhc" /etc/nhc/scripts/msr_restore.nhc
@@ -165,7 +175,9 @@ if [ -f "$plugin" ]; then
     if [ -f "$repo/packaging/slurm/msr-healthcheck" ]; then
         inst 0755 "$repo/packaging/slurm/msr-healthcheck" /usr/sbin/msr-healthcheck
         inst 0644 "$repo/packaging/slurm/healthcheck.args" /etc/msr-restore/healthcheck.args
-        healthcheck_man "$repo/packaging/slurm/msr-healthcheck" "$dest/usr/share/man/man8/msr-healthcheck.8"
+        script_man "$repo/packaging/slurm/msr-healthcheck" "$dest/usr/share/man/man8/msr-healthcheck.8" \
+            msr-healthcheck "SLURM health check for MSR drift (msr-restore)" \
+            '\fBmsrsave\-check\fR(1), \fBslurm.conf\fR(5) (HealthCheckProgram)'
         gzip -9nf "$dest/usr/share/man/man8/msr-healthcheck.8"
     fi
     note "spank_msr: staged ($slurm_plugindir/spank_msr.so, Slurm $series)"
@@ -206,4 +218,6 @@ inst 0644 "$here/README.md" "$docdir/README.md"
 inst 0644 "$here/debian/copyright" "$docdir/copyright"
 [ -f "$repo/README.md" ] && inst 0644 "$repo/README.md" "$docdir/README.project.md"
 [ -f "$repo/docs/interfaces.md" ] && inst 0644 "$repo/docs/interfaces.md" "$docdir/interfaces.md"
+[ -f "$repo/docs/policy.md" ] && inst 0644 "$repo/docs/policy.md" "$docdir/policy.md"
+[ -f "$repo/docs/save-format.md" ] && inst 0644 "$repo/docs/save-format.md" "$docdir/save-format.md"
 exit 0

@@ -504,3 +504,36 @@ fn allowlist_load_refuses_what_the_kernel_would_and_auto_picks_the_cpu_list() {
     assert_eq!(o.status.code(), Some(2));
     assert!(json_of(&o)["error"].as_str().unwrap().contains("al_06_1"));
 }
+
+/// The textfile for node_exporter: every gauge on a clean node, and the per-MSR family only
+/// when it has samples (one per drifted MSR, counting its CPUs).
+#[test]
+fn check_prometheus_textfile_clean_and_drifted() {
+    let n = node(4);
+    let snap = n.path("snap.msr");
+    assert_exit(&n.run(&["save", &snap]), 0);
+    let prom = n.path("check.prom");
+    assert_exit(&n.run(&["check", &snap, "--prometheus", &prom]), 0);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("msr_restore_check_clean{"), "{text}");
+    assert!(text.contains("msr_restore_drift_registers{"), "{text}");
+    assert!(!text.contains("msr_restore_drift_msr_cpus"), "{text}");
+
+    n.poke(1, 0x199, n.peek(1, 0x199) ^ 0xff);
+    n.poke(3, 0x199, n.peek(3, 0x199) ^ 0xff);
+    assert_exit(&n.run(&["check", &snap, "--prometheus", &prom]), 1);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let per_msr: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("msr_restore_drift_msr_cpus{"))
+        .collect();
+    assert_eq!(per_msr.len(), 1, "{text}");
+    assert!(
+        per_msr[0].contains("msr=\"0x00000199\"") && per_msr[0].ends_with(" 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE msr_restore_drift_msr_cpus gauge"),
+        "{text}"
+    );
+}

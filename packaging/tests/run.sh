@@ -154,6 +154,10 @@ expect() {
 0644 /etc/msr-restore/msr-restore.conf
 0755 /usr/libexec/msr-restore/msr-restore-boot
 0755 /usr/libexec/msr-restore/msr-restore-check
+0755 /usr/sbin/msr-restore-fleet
+0644 /usr/share/man/man8/msr-restore-fleet.8.gz
+0644 /usr/share/doc/msr-restore/policy.md
+0644 /usr/share/doc/msr-restore/save-format.md
 0644 $unitdir/msr-restore-baseline.service
 0644 $unitdir/msr-restore-check.service
 0644 $unitdir/msr-restore-check.timer
@@ -471,6 +475,28 @@ if [ "$rc" = 0 ] && grep -q 'skipped: job(s) 42' <<<"$o" && [ ! -e "$root/tmp/t/
     ok "msr-restore-check while job 42 holds the node: skipped"
 else
     bad "msr-restore-check with a job on the node (exit $rc)"; printf '%s\n' "$o" | indent
+fi
+
+# The installed fleet script: one node's fingerprint through a pdsh that runs its command here
+# (pdsh's output form, "host: line"), compared by the installed msrsave.
+mkdir -p "$root/tmp/t/bin"
+cat >"$root/tmp/t/bin/pdsh" <<'EOF'
+#!/bin/sh
+# pdsh -w NODE CMD: the command run locally, each line prefixed as pdsh does.
+[ "$1" = -w ] || exit 2
+host=$2; shift 2
+sh -c "$*" | sed "s/^/$host: /"
+EOF
+chmod 755 "$root/tmp/t/bin/pdsh"
+printf 'version = 1\n[field.IA32_PERF_CTL.target]\npolicy = "fleet_equal"\n' >"$root/tmp/t/policy.toml"
+printf 'root = /tmp/t/node\npolicy = /tmp/t/policy.toml\n' >"$root/tmp/t/fleet.conf"
+o=$(inroot env PATH=/tmp/t/bin:/usr/sbin:/usr/bin:/sbin:/bin MSR_RESTORE_CONFIG=/tmp/t/fleet.conf \
+    msr-restore-fleet --via pdsh --nodes n1 --out /tmp/t/fleet.jsonl -- --format json 2>&1)
+rc=$?
+if [ "$rc" = 0 ] && grep -q '"nodes":1' <<<"$o" && grep -q '"fleet fingerprint"' "$root/tmp/t/fleet.jsonl"; then
+    ok "msr-restore-fleet --via pdsh (installed): one node's fingerprint collected and compared"
+else
+    bad "msr-restore-fleet --via pdsh (exit $rc)"; printf '%s\n' "$o" | indent
 fi
 
 echo "== NHC check (check_msr_drift)"

@@ -507,11 +507,14 @@ fn write_prometheus(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{snapshot=\"{snap}\"}} {value}\n"
         ));
     }
-    // Per MSR: which registers drift, on how many CPUs.
+    // Per MSR: which registers drift, on how many CPUs. The family only when it has samples
+    // (a clean node has none, and a family without samples is refused by some parsers).
     let name = "msr_restore_drift_msr_cpus";
-    text.push_str(&format!(
-        "# HELP {name} CPUs on which an MSR differs from the snapshot.\n# TYPE {name} gauge\n"
-    ));
+    if !report.changed.is_empty() {
+        text.push_str(&format!(
+            "# HELP {name} CPUs on which an MSR differs from the snapshot.\n# TYPE {name} gauge\n"
+        ));
+    }
     for c in &report.changed {
         text.push_str(&format!(
             "{name}{{snapshot=\"{snap}\",msr=\"{}\",msr_name=\"{}\"}} {}\n",
