@@ -66,7 +66,10 @@ fn main() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../allowlists/al_06_8F")
         });
     let list = Allowlist::from_file(&list_path).expect("benchmark allowlist");
-    assert!(cpus % 4 == 0, "CPUS must split into 2 packages of 2-thread cores");
+    assert!(
+        cpus % 4 == 0,
+        "CPUS must split into 2 packages of 2-thread cores"
+    );
     let shape = Shape {
         packages: 2,
         cores_per_package: cpus / 4,

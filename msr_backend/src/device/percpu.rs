@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use super::guard::{CheckedKind, Guard};
 use super::{BackendKind, DeviceError, MsrDevice, MsrOp, OpError, OpKind, Parallelism};
 use crate::allowlist::Allowlist;
+use crate::emulate::Sharing;
 use crate::node::Node;
 use crate::types::{CpuId, MsrAddr};
 
@@ -121,6 +122,8 @@ pub struct FsCpuNodes {
     node: Node,
     leaf: &'static str,
     kernel: bool,
+    /// An emulated node's shared registers (see [`crate::emulate`]).
+    sharing: Option<Arc<Sharing>>,
 }
 
 impl FsCpuNodes {
@@ -128,16 +131,59 @@ impl FsCpuNodes {
     /// first CPU's node.
     pub fn new(node: Node, leaf: &'static str, probe_cpu: CpuId) -> FsCpuNodes {
         let kernel = crate::node::is_char_device(&node.cpu_node(probe_cpu, leaf));
-        FsCpuNodes { node, leaf, kernel }
+        let sharing = if kernel {
+            None
+        } else {
+            Sharing::load(&node).map(Arc::new)
+        };
+        FsCpuNodes {
+            node,
+            leaf,
+            kernel,
+            sharing,
+        }
+    }
+}
+
+/// An emulated register file whose shared registers are written into the files of the CPUs
+/// that share them too, as the hardware holds one register for them.
+struct SharedFile {
+    file: NodeFile,
+    cpu: CpuId,
+    node: Node,
+    leaf: &'static str,
+    sharing: Arc<Sharing>,
+}
+
+impl RegisterAccess for SharedFile {
+    fn read(&mut self, addr: MsrAddr) -> Result<u64, Errno> {
+        self.file.read(addr)
+    }
+
+    fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        self.file.write(addr, value)?;
+        for c in self.sharing.siblings(self.cpu, addr) {
+            NodeFile::open(&self.node.cpu_node(c, self.leaf), true)?.write(addr, value)?;
+        }
+        Ok(())
     }
 }
 
 impl CpuNodes for FsCpuNodes {
     fn open(&self, cpu: CpuId, writable: bool) -> Result<Box<dyn RegisterAccess>, Errno> {
-        Ok(Box::new(NodeFile::open(
-            &self.node.cpu_node(cpu, self.leaf),
-            writable,
-        )?))
+        let file = NodeFile::open(&self.node.cpu_node(cpu, self.leaf), writable)?;
+        Ok(match &self.sharing {
+            Some(sharing) if writable && file.addressing == Addressing::Emulated => {
+                Box::new(SharedFile {
+                    file,
+                    cpu,
+                    node: self.node.clone(),
+                    leaf: self.leaf,
+                    sharing: Arc::clone(sharing),
+                })
+            }
+            _ => Box::new(file),
+        })
     }
 
     fn kernel_devices(&self) -> bool {

@@ -8,6 +8,10 @@
 //! APERF and MPERF, which a restore must never write back): the allowlist lint warns about a
 //! write mask on one of those.
 
+pub mod lock;
+pub mod order;
+pub mod scope;
+
 use crate::types::MsrAddr;
 
 pub mod fields;
