@@ -122,11 +122,11 @@ fn main() {
         snapshot: saved.file.snapshot.clone(),
         meta: Some(saved.file.meta.clone()),
     };
-    let writable: Vec<MsrAddr> = list
+    let writable: Vec<(MsrAddr, u64)> = list
         .entries()
         .iter()
         .filter(|e| e.mask.is_writable())
-        .map(|e| e.addr)
+        .map(|e| (e.addr, e.mask.0))
         .collect();
     println!(
         "emulated node: {} packages x {} cores x {} threads = {cpus} CPUs, {} MSRs ({} writable) from {}, backend {}; median of {rounds}",
@@ -151,12 +151,13 @@ fn main() {
         clean.push(t.elapsed());
         assert!(r.ok() && r.written == 0, "{r:?}");
         let clean_reads = reads.load(Ordering::Relaxed);
-        // A job that changed every writable register on every CPU (the same new value on every
-        // CPU of a package, as a package register holds).
+        // A job that changed every writable bit of every writable register on every CPU, as
+        // msr-safe lets it (the same new value on every CPU of a package, as a package register
+        // holds; lock bits are outside the masks).
         for &c in &online {
-            for &a in &writable {
+            for &(a, mask) in &writable {
                 let v = emulate::peek(&root, c, a).expect("peek");
-                emulate::poke(&root, c, a, !v).expect("poke");
+                emulate::poke(&root, c, a, v ^ mask).expect("poke");
             }
         }
         writes.store(0, Ordering::Relaxed);

@@ -395,10 +395,86 @@ mod tests {
             Finding::offline(CpuId(7)).to_string(),
             "CPU 7: offline: in the save file but not online now; its registers were skipped"
         );
+        assert_eq!(j["scope"], "thread");
+        assert_eq!(j["domain"], "CPU 1");
         let two = "CPU 1 MSR 0x000001a0: expected 0x0000000000000001 found 0x0000000000000003 (bits 0x0000000000000002)";
         assert_eq!(
             name_registers(&[d.clone(), d.clone(), d], 2),
             format!("{two}; {two}; and 1 more")
         );
+    }
+
+    #[test]
+    fn a_shared_register_is_named_once_for_its_domain() {
+        let pl = |problem| Finding {
+            cpu: CpuId(56),
+            at: Where::Package(1),
+            msr: Some(MsrAddr(0x610)),
+            name: Some("MSR_PKG_POWER_LIMIT".into()),
+            problem,
+        };
+        let drift = pl(Problem::Drift {
+            expected: 1,
+            actual: 3,
+            bits: 2,
+        });
+        assert!(drift
+            .to_string()
+            .starts_with("package 1 MSR 0x00000610 (MSR_PKG_POWER_LIMIT): expected"));
+        let j = serde_json::to_value(&drift).unwrap();
+        assert_eq!(
+            (j["scope"].as_str(), j["domain"].as_str()),
+            (Some("package"), Some("package 1"))
+        );
+        assert_eq!(j["cpu"], 56);
+        // One CPU of the package failed: named with the package.
+        let f = pl(Problem::Failed {
+            stage: Stage::Verify,
+            error: OpError::Errno(Errno::ENXIO),
+        });
+        assert!(
+            f.to_string()
+                .starts_with("package 1 (CPU 56) MSR 0x00000610"),
+            "{f}"
+        );
+        let locked = pl(Problem::Locked {
+            expected: 0x10,
+            actual: 1 << 63 | 0x20,
+            bits: 0x30,
+            lock_bit: 63,
+            at_save: false,
+        });
+        assert_eq!(locked.code().to_string(), "LOCKED");
+        assert!(
+            locked.to_string().contains("locked (bit 63 set)"),
+            "{locked}"
+        );
+        assert!(
+            locked
+                .to_string()
+                .ends_with("the snapshot has the lock bit clear"),
+            "{locked}"
+        );
+        let j = serde_json::to_value(&locked).unwrap();
+        assert_eq!(
+            (j["lock_bit"].as_u64(), j["locked_at_save"].as_bool()),
+            (Some(63), Some(false))
+        );
+        let odd = pl(Problem::Inconsistent(Inconsistency {
+            at_save: None,
+            now: Some(Disagreement {
+                a: (CpuId(56), Ok(5)),
+                b: (CpuId(57), Err(OpError::Errno(Errno::EIO))),
+            }),
+        }));
+        assert_eq!(
+            odd.to_string(),
+            "package 1 MSR 0x00000610 (MSR_PKG_POWER_LIMIT): the CPUs of one package read it differently (now CPU 56 0x0000000000000005, CPU 57 EIO): handled CPU by CPU"
+        );
+        // The schema names every field the JSON has.
+        let schema = serde_json::to_value(schemars::schema_for!(Finding)).unwrap();
+        for key in ["scope", "domain", "lock_bit", "locked_at_save"] {
+            assert!(schema["properties"].get(key).is_some(), "{key}");
+        }
     }
 }

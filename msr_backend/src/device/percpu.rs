@@ -104,6 +104,13 @@ impl RegisterAccess for NodeFile {
     }
 
     fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        self.write_shared(addr, value)
+    }
+}
+
+impl NodeFile {
+    /// A write through a shared handle (pwrite needs no exclusive access).
+    fn write_shared(&self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
         let n = nix::sys::uio::pwrite(
             &self.file,
             &value.to_le_bytes(),
@@ -123,7 +130,32 @@ pub struct FsCpuNodes {
     leaf: &'static str,
     kernel: bool,
     /// An emulated node's shared registers (see [`crate::emulate`]).
-    sharing: Option<Arc<Sharing>>,
+    sharing: Option<Arc<Siblings>>,
+}
+
+/// What a write to a shared register of an emulated node needs: which CPUs share it, and their
+/// register files, opened once (a restore writes a package register to every file of the
+/// package).
+struct Siblings {
+    sharing: Sharing,
+    node: Node,
+    leaf: &'static str,
+    files: std::sync::Mutex<std::collections::HashMap<CpuId, Arc<NodeFile>>>,
+}
+
+impl Siblings {
+    fn file(&self, cpu: CpuId) -> Result<Arc<NodeFile>, Errno> {
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = files.get(&cpu) {
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(NodeFile::open(&self.node.cpu_node(cpu, self.leaf), true)?);
+        files.insert(cpu, Arc::clone(&f));
+        Ok(f)
+    }
 }
 
 impl FsCpuNodes {
@@ -134,7 +166,14 @@ impl FsCpuNodes {
         let sharing = if kernel {
             None
         } else {
-            Sharing::load(&node).map(Arc::new)
+            Sharing::load(&node).map(|sharing| {
+                Arc::new(Siblings {
+                    sharing,
+                    node: node.clone(),
+                    leaf,
+                    files: Default::default(),
+                })
+            })
         };
         FsCpuNodes {
             node,
@@ -150,9 +189,7 @@ impl FsCpuNodes {
 struct SharedFile {
     file: NodeFile,
     cpu: CpuId,
-    node: Node,
-    leaf: &'static str,
-    sharing: Arc<Sharing>,
+    siblings: Arc<Siblings>,
 }
 
 impl RegisterAccess for SharedFile {
@@ -162,8 +199,8 @@ impl RegisterAccess for SharedFile {
 
     fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
         self.file.write(addr, value)?;
-        for c in self.sharing.siblings(self.cpu, addr) {
-            NodeFile::open(&self.node.cpu_node(c, self.leaf), true)?.write(addr, value)?;
+        for c in self.siblings.sharing.siblings(self.cpu, addr) {
+            self.siblings.file(c)?.write_shared(addr, value)?;
         }
         Ok(())
     }
@@ -177,9 +214,7 @@ impl CpuNodes for FsCpuNodes {
                 Box::new(SharedFile {
                     file,
                     cpu,
-                    node: self.node.clone(),
-                    leaf: self.leaf,
-                    sharing: Arc::clone(sharing),
+                    siblings: Arc::clone(sharing),
                 })
             }
             _ => Box::new(file),
