@@ -42,9 +42,9 @@ pub const LISTED: usize = 1000;
 pub struct WriteRecord {
     /// The CPU written from.
     pub cpu: CpuId,
-    /// The register's scope, and where it sits (`CPU 3`, `package 1`): a register a domain
-    /// shares is written once for the domain.
+    /// The register's scope: a register a core, die or package shares is written once for it.
     pub scope: Scope,
+    /// Where the register sits: `CPU 3`, `package 1`.
     pub domain: String,
     pub msr: MsrAddr,
     pub name: Option<String>,

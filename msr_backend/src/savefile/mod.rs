@@ -103,8 +103,8 @@ pub struct LockState {
     pub lock_bit: u8,
     /// The register's scope: one lock per CPU, core, die or package.
     pub scope: crate::msrs::scope::Scope,
-    /// The domains whose lock bit was set (`package 0`, `package 1`, or `CPU 0`...), at most
-    /// [`LOCK_DOMAINS_LISTED`]; `cpus` covers them all.
+    /// The domains whose lock bit was set (`package 0`, `package 1`, or `CPU 0`...), the first
+    /// 64 of them; `cpus` covers them all.
     pub domains: Vec<String>,
     /// The CPUs of those domains (kernel list syntax).
     pub cpus: String,
