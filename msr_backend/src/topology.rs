@@ -396,6 +396,11 @@ impl Topology {
         out
     }
 
+    /// Every domain of `scope`, with its CPUs, in the order of their first CPU.
+    pub fn domains(&self, scope: Scope) -> Vec<(Where, Vec<CpuId>)> {
+        self.split(scope, &self.cpus)
+    }
+
     /// `2 packages, 112 cores, 224 CPUs` for reports (levels not read are not counted).
     pub fn summary(&self) -> String {
         let count = |s: Scope| {
