@@ -231,9 +231,9 @@ pub struct DomainWrite {
     pub saved: u64,
     /// The bits written: restored bits, less those a set lock holds and the lock bit itself.
     pub mask: WriteMask,
-    /// The CPUs that must read the saved bits back: every CPU of the domain for a register that
-    /// holds one value, the CPU written otherwise.
-    pub verify: Vec<CpuId>,
+    /// Which CPUs must read the saved bits back: every CPU of the domain (a register that holds
+    /// one value), or the CPU written alone.
+    pub verify_all: bool,
 }
 
 /// Compared bits that differ from the snapshot (one entry for a domain holding one value).
@@ -333,17 +333,46 @@ pub fn plan_domain(
     lock: Option<Lock>,
     members: &[Member],
 ) -> DomainPlan {
-    let inconsistent = Inconsistency {
-        at_save: first_disagreement(restore_mask, members, |m| m.saved),
-        now: first_disagreement(restore_mask, members, |m| m.current),
+    let mut plan = DomainPlan::default();
+    plan_domain_into(restore_mask, drift_mask, lock, members, &mut plan);
+    plan
+}
+
+/// [`plan_domain`] into `plan` (cleared first; its lists keep their capacity, so that a caller
+/// planning thousands of domains allocates once).
+pub fn plan_domain_into(
+    restore_mask: WriteMask,
+    drift_mask: WriteMask,
+    lock: Option<Lock>,
+    members: &[Member],
+    plan: &mut DomainPlan,
+) {
+    plan.one_value = false;
+    plan.writes.clear();
+    plan.unchanged = 0;
+    plan.unreadable_at_save = 0;
+    plan.unreadable_now.clear();
+    plan.compared = 0;
+    plan.drift.clear();
+    plan.changed_cpus.clear();
+    plan.changed_bits = 0;
+    plan.locked.clear();
+    plan.inconsistent = None;
+    let inconsistent = if members.len() > 1 {
+        Inconsistency {
+            at_save: first_disagreement(restore_mask, members, |m| m.saved),
+            now: first_disagreement(restore_mask, members, |m| m.current),
+        }
+    } else {
+        Inconsistency::default()
     };
     if inconsistent != Inconsistency::default() {
-        let mut plan = DomainPlan {
-            inconsistent: Some(inconsistent),
-            ..DomainPlan::default()
-        };
+        plan.inconsistent = Some(inconsistent);
         for m in members {
-            let one = plan_domain(restore_mask, drift_mask, lock, std::slice::from_ref(m));
+            let mut one = plan_domain(restore_mask, drift_mask, lock, std::slice::from_ref(m));
+            for w in &mut one.writes {
+                w.verify_all = false;
+            }
             plan.writes.extend(one.writes);
             plan.unchanged += one.unchanged;
             plan.unreadable_at_save += one.unreadable_at_save;
@@ -354,14 +383,11 @@ pub fn plan_domain(
             plan.changed_bits |= one.changed_bits;
             plan.locked.extend(one.locked);
         }
-        return plan;
+        return;
     }
-    let mut plan = DomainPlan {
-        one_value: true,
-        ..DomainPlan::default()
-    };
+    plan.one_value = true;
     let Some(rep) = members.first() else {
-        return plan;
+        return;
     };
     // Bits a set lock holds now ignore writes: never written, never drift, reported apart. The
     // lock bit itself is never written: a restore must not lock a register until reset.
@@ -430,10 +456,9 @@ pub fn plan_domain(
             current: rep.current.unwrap_or_default(),
             saved: rep.saved.unwrap_or_default(),
             mask: restore,
-            verify: members.iter().map(|m| m.cpu).collect(),
+            verify_all: true,
         }),
     }
-    plan
 }
 
 /// The wave of each register of a restore: registers of one wave are written together (each
@@ -616,7 +641,7 @@ mod tests {
         assert!(p.one_value && p.inconsistent.is_none());
         assert_eq!(p.writes.len(), 1);
         assert_eq!(p.writes[0].cpu, CpuId(0));
-        assert_eq!(p.writes[0].verify, (0..4).map(CpuId).collect::<Vec<_>>());
+        assert!(p.writes[0].verify_all);
         assert_eq!((p.drift.len(), p.changed_cpus.len(), p.compared), (1, 4, 1));
     }
 
@@ -634,10 +659,7 @@ mod tests {
         assert!(i.at_save.is_none());
         assert_eq!(i.now.expect("now").b, (CpuId(1), Ok(9)));
         assert_eq!(p.writes.len(), 1);
-        assert_eq!(
-            (p.writes[0].cpu, p.writes[0].verify.clone()),
-            (CpuId(1), vec![CpuId(1)])
-        );
+        assert_eq!((p.writes[0].cpu, p.writes[0].verify_all), (CpuId(1), false));
         assert_eq!((p.unchanged, p.compared, p.drift.len()), (2, 3, 1));
         // Readable on one CPU and not on another disagrees too.
         let mut m = members(&[(1, 1), (1, 1)]);
@@ -754,13 +776,13 @@ mod tests {
             if p.one_value {
                 prop_assert!(p.writes.len() <= 1);
                 if let Some(w) = p.writes.first() {
-                    prop_assert_eq!(&w.verify, &m.iter().map(|m| m.cpu).collect::<Vec<_>>());
+                    prop_assert!(w.verify_all);
                 }
                 prop_assert!(p.inconsistent.is_none());
             } else {
                 prop_assert!(p.inconsistent.is_some());
                 for w in &p.writes {
-                    prop_assert_eq!(&w.verify, &vec![w.cpu]);
+                    prop_assert!(!w.verify_all);
                 }
             }
         }

@@ -28,7 +28,7 @@ use crate::device::{self, DeviceError, MsrDevice, MsrOp, OpError};
 use crate::finding::{Finding, Problem, Stage};
 use crate::msrs::scope::Scope;
 use crate::msrs::{msr_name, order};
-use crate::plan::{self, plan_domain, DomainWrite, DriftBits, MaskChange, Member};
+use crate::plan::{self, plan_domain_into, DomainPlan, DomainWrite, DriftBits, MaskChange, Member};
 use crate::snapshot::Snapshot;
 use crate::topology::{Layout, Where};
 use crate::types::{format_cpu_list, CpuId, Hex64, MsrAddr, WriteMask};
@@ -359,6 +359,11 @@ impl<T> Listed<T> {
         }
     }
 
+    /// Whether an item with `key` would be kept (to skip building one that would not).
+    fn keeps(&self, key: Key) -> bool {
+        self.heap.len() < LISTED || self.heap.peek().is_some_and(|top| key < top.0)
+    }
+
     fn merge(&mut self, other: Listed<T>) {
         for Keyed(k, v) in other.heap {
             self.push(k, v);
@@ -374,9 +379,15 @@ impl<T> Listed<T> {
     }
 }
 
-/// Domains of one scope: where each sits, and its CPUs with their rows in the saved snapshot and
-/// in the read pass.
-type Domains = Vec<(Where, Vec<(CpuId, usize, usize)>)>;
+/// One domain of a scope among the present CPUs: where it sits, its CPUs with their rows in the
+/// saved snapshot and in the read pass, and its CPUs alone (shared by the writes to verify).
+struct DomainRows {
+    at: Where,
+    rows: Vec<(CpuId, usize, usize)>,
+    cpus: Arc<[CpuId]>,
+}
+
+type Domains = Vec<DomainRows>;
 
 /// What the registers gave, merged as the work finishes.
 #[derive(Default)]
@@ -411,6 +422,9 @@ struct Pending {
     entry: usize,
     at: Where,
     write: DomainWrite,
+    /// The CPUs to verify on besides the one written (every CPU of the domain, when it holds one
+    /// value).
+    domain: Option<Arc<[CpuId]>>,
 }
 
 impl Tally {
@@ -494,11 +508,12 @@ impl Work<'_> {
                     .split(scope, &cpus)
                     .into_iter()
                     .map(|(at, members)| {
-                        let rows = members
+                        let rows: Vec<(CpuId, usize, usize)> = members
                             .into_iter()
                             .filter_map(|c| row_of(c).ok().map(|(si, ci)| (c, si, ci)))
                             .collect();
-                        (at, rows)
+                        let cpus = rows.iter().map(|r| r.0).collect();
+                        DomainRows { at, rows, cpus }
                     })
                     .collect()
             });
@@ -531,7 +546,8 @@ impl Work<'_> {
         let name = || self.names[ei].clone();
         let mut change = Change::default();
         let mut members: Vec<Member> = Vec::new();
-        for (at, rows) in domains {
+        let mut plan = DomainPlan::default();
+        for DomainRows { at, rows, cpus } in domains {
             members.clear();
             members.extend(rows.iter().map(|&(cpu, si, ci)| Member {
                 cpu,
@@ -541,7 +557,13 @@ impl Work<'_> {
             let Some(first) = members.first().map(|m| m.cpu) else {
                 continue;
             };
-            let plan = plan_domain(self.masks[ei], self.drift_masks[ei], lock, &members);
+            plan_domain_into(
+                self.masks[ei],
+                self.drift_masks[ei],
+                lock,
+                &members,
+                &mut plan,
+            );
             // Findings about the register sit at its domain when the domain holds one value,
             // at each CPU when its CPUs disagree (handled CPU by CPU).
             let place = |cpu: CpuId| if plan.one_value { *at } else { Where::Cpu(cpu) };
@@ -610,10 +632,11 @@ impl Work<'_> {
                 Mode::Restore { .. } => {
                     tally.unchanged += plan.unchanged;
                     tally.unreadable_at_save += plan.unreadable_at_save;
-                    for w in plan.writes {
+                    for w in plan.writes.drain(..) {
                         tally.pending.push(Pending {
                             entry: ei,
                             at: place(w.cpu),
+                            domain: (w.verify_all && cpus.len() > 1).then(|| Arc::clone(cpus)),
                             write: w,
                         });
                     }
@@ -680,7 +703,10 @@ impl Work<'_> {
             match op.result {
                 Some(Ok(_)) => {
                     ok[wi] = true;
-                    checks.extend(p.write.verify.iter().map(|&c| (c, wi)));
+                    match &p.domain {
+                        Some(cpus) => checks.extend(cpus.iter().map(|&c| (c, wi))),
+                        None => checks.push((p.write.cpu, wi)),
+                    }
                 }
                 other => {
                     let e = other
@@ -753,8 +779,11 @@ impl Work<'_> {
         for (wi, p) in pending.iter().enumerate() {
             if held[wi] {
                 tally.verified += 1;
-                let record = self.record(p, after[wi]);
-                tally.writes.push((p.write.cpu, p.entry), record);
+                let key = (p.write.cpu, p.entry);
+                if tally.writes.keeps(key) {
+                    let record = self.record(p, after[wi]);
+                    tally.writes.push(key, record);
+                }
             }
         }
         Ok(())
@@ -775,8 +804,11 @@ impl Work<'_> {
                 let pending = std::mem::take(&mut tally.pending);
                 tally.written += pending.len();
                 for p in &pending {
-                    let record = self.record(p, p.write.new);
-                    tally.writes.push((p.write.cpu, p.entry), record);
+                    let key = (p.write.cpu, p.entry);
+                    if tally.writes.keeps(key) {
+                        let record = self.record(p, p.write.new);
+                        tally.writes.push(key, record);
+                    }
                 }
             }
             Mode::Restore { dry_run: false } => {

@@ -144,17 +144,22 @@ struct Siblings {
 }
 
 impl Siblings {
-    fn file(&self, cpu: CpuId) -> Result<Arc<NodeFile>, Errno> {
+    /// The register files of `cpus`, opened for writing (once per device).
+    fn files(&self, cpus: &[CpuId]) -> Result<Vec<Arc<NodeFile>>, Errno> {
         let mut files = self
             .files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = files.get(&cpu) {
-            return Ok(Arc::clone(f));
-        }
-        let f = Arc::new(NodeFile::open(&self.node.cpu_node(cpu, self.leaf), true)?);
-        files.insert(cpu, Arc::clone(&f));
-        Ok(f)
+        cpus.iter()
+            .map(|&cpu| {
+                if let Some(f) = files.get(&cpu) {
+                    return Ok(Arc::clone(f));
+                }
+                let f = Arc::new(NodeFile::open(&self.node.cpu_node(cpu, self.leaf), true)?);
+                files.insert(cpu, Arc::clone(&f));
+                Ok(f)
+            })
+            .collect()
     }
 }
 
@@ -199,8 +204,12 @@ impl RegisterAccess for SharedFile {
 
     fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
         self.file.write(addr, value)?;
-        for c in self.siblings.sharing.siblings(self.cpu, addr) {
-            self.siblings.file(c)?.write_shared(addr, value)?;
+        let others = self.siblings.sharing.siblings(self.cpu, addr);
+        if others.is_empty() {
+            return Ok(());
+        }
+        for f in self.siblings.files(&others)? {
+            f.write_shared(addr, value)?;
         }
         Ok(())
     }
