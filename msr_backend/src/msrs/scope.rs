@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::models::Vendor;
 use crate::types::{CpuIdentity, MsrAddr};
 
 /// The CPUs that share one instance of a register, from the smallest domain to the largest.
@@ -85,15 +86,18 @@ pub enum Cpus {
     AmdFamilies(u32, u32),
 }
 
+/// `vendor_id` of Intel's and AMD's CPUs in /proc/cpuinfo (as [`super::models::Vendor`] gives).
 pub const INTEL: &str = "GenuineIntel";
 pub const AMD: &str = "AuthenticAMD";
 
 impl Cpus {
     pub fn matches(self, id: &CpuIdentity) -> bool {
+        let intel = id.vendor == Vendor::Intel.vendor_id();
+        let amd = id.vendor == Vendor::Amd.vendor_id();
         match self {
-            Cpus::Intel => id.vendor == INTEL,
-            Cpus::IntelFamily6 => id.vendor == INTEL && id.family == 6,
-            Cpus::AmdFamilies(lo, hi) => id.vendor == AMD && (lo..=hi).contains(&id.family),
+            Cpus::Intel => intel,
+            Cpus::IntelFamily6 => intel && id.family == 6,
+            Cpus::AmdFamilies(lo, hi) => amd && (lo..=hi).contains(&id.family),
         }
     }
 }
@@ -198,6 +202,12 @@ mod tests {
             family: 6,
             model,
         }
+    }
+
+    #[test]
+    fn vendor_names_are_the_models_ones() {
+        assert_eq!(INTEL, Vendor::Intel.vendor_id());
+        assert_eq!(AMD, Vendor::Amd.vendor_id());
     }
 
     #[test]
