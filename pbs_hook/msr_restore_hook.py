@@ -316,8 +316,8 @@ class Outcome(object):
             fails = restore["failures"]
             named = []
             for f in fails[:3]:
-                named.append("CPU %s MSR %s%s: %s" % (
-                    f.get("cpu"), f.get("msr"),
+                named.append("%s MSR %s%s: %s" % (
+                    where_of(f), f.get("msr"),
                     " (%s)" % f["name"] if f.get("name") else "", f.get("error", "failed")))
             more = " and %d more" % (len(fails) - 3) if len(fails) > 3 else ""
             parts.append("%d register(s) not restored: %s%s" % (len(fails), "; ".join(named),
@@ -332,6 +332,14 @@ class Outcome(object):
         if not parts:
             parts.append("msrsave exited %s" % self.code)
         return "; ".join(parts)
+
+
+def where_of(f):
+    """Where a finding's register sits: "CPU 3", or "package 1 (CPU 56)" for a register a
+    package (core, die) shares, which msrsave reports once for it."""
+    if f.get("scope") not in (None, "thread") and f.get("domain"):
+        return "%s (CPU %s)" % (f["domain"], f.get("cpu"))
+    return "CPU %s" % f.get("cpu")
 
 
 def notes_of(d):

@@ -19,6 +19,7 @@ use msr_backend::emulate::{self, EmulatedNodeSpec};
 use msr_backend::restore;
 use msr_backend::savefile::{SaveFile, SaveMeta};
 use msr_backend::snapshot::Snapshot;
+use msr_backend::topology::Layout;
 use msr_backend::types::CpuIdentity;
 use rayon::prelude::*;
 
@@ -148,8 +149,9 @@ fn main() {
     let load = time(rounds, || {
         std::hint::black_box(SaveFile::load(&save_path).expect("load"));
     });
+    let layout = Layout::read(&node, &online, &list);
     let restore_clean = time(rounds, || {
-        let r = restore::restore(device, &snap, &list, &online, false).expect("restore");
+        let r = restore::restore(device, &snap, &list, &online, &layout, false).expect("restore");
         assert_eq!(r.written, 0);
     });
     // A job that changed every writable register on every CPU: restore writes them all back.
@@ -168,7 +170,7 @@ fn main() {
             }
         }
         let t = Instant::now();
-        let r = restore::restore(device, &snap, &list, &online, false).expect("restore");
+        let r = restore::restore(device, &snap, &list, &online, &layout, false).expect("restore");
         restore_all.push(t.elapsed());
         assert!(r.ok() && r.written > 0);
     }

@@ -12,15 +12,28 @@
 //! DIR/sys/module/msr_safe/version   msr-safe's version
 //! DIR/proc/cpuinfo                  vendor_id, cpu family, model per processor
 //! DIR/proc/sys/kernel/osrelease     kernel release
+//! DIR/emulated/shared_registers     the registers a domain shares, `0x00000610 die` per line
 //! ```
+//!
+//! Registers are shared as the hardware shares them: the MSR table gives each register's scope
+//! for the emulated CPU model ([`crate::msrs::scope`]), `create` lists the shared ones in
+//! `emulated/shared_registers`, their starting values are one per domain, and a write through
+//! the emulated device nodes to one CPU lands in the register file of every CPU of its domain
+//! ([`Sharing`]). [`poke`] writes one CPU's file alone (as a broken register would read);
+//! [`poke_shared`] writes as a job would on the hardware.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use crate::allowlist::{Allowlist, AllowlistEntry};
 use crate::error::{Error, Result};
+use crate::msrs::lock::lock_of;
+use crate::msrs::scope::{scope_of, Scope};
 use crate::node::{Node, ALLOWLIST_NODE, CPUINFO, MSR_SAFE_VERSION, ONLINE_CPUS, OSRELEASE};
+use crate::topology::{CpuPlace, Topology};
 use crate::types::{CpuId, CpuIdentity, MsrAddr};
 
 /// The microcode revision an emulated node's /proc/cpuinfo reports.
@@ -81,6 +94,22 @@ impl Shape {
         }
     }
 
+    /// The topology of this shape (one die per package).
+    pub fn topology(&self) -> Topology {
+        let places: Vec<CpuPlace> = (0..self.cpus())
+            .map(|c| {
+                let p = self.place(CpuId(c));
+                CpuPlace {
+                    cpu: CpuId(c),
+                    package: p.package,
+                    die: 0,
+                    core: p.core,
+                }
+            })
+            .collect();
+        Topology::from_places(&places)
+    }
+
     /// The CPUs for which `same` holds with `cpu`'s place.
     fn cpus_where(&self, cpu: CpuId, same: impl Fn(Place, Place) -> bool) -> Vec<CpuId> {
         let me = self.place(cpu);
@@ -94,9 +123,12 @@ impl Shape {
 /// How a register's value varies on a real node, as the emulated node lays it out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variation {
-    /// Counters, clocks and status registers: every CPU its own.
+    /// Per-thread counters, clocks and status registers: every CPU its own.
     PerCpu,
-    /// Package controls (RAPL, uncore): one value per package.
+    /// Registers a core shares: one value per core.
+    PerCore,
+    /// Registers a die or package shares (RAPL, uncore, package thermal): one value per
+    /// package.
     PerPackage,
     /// Other controls: one value on the whole node, as firmware and the OS set them.
     Node,
@@ -119,30 +151,109 @@ fn counts_or_reports(name: &str) -> bool {
     })
 }
 
-/// How `entry` varies across CPUs on the emulated node, judged by its name (the allowlist's
-/// comment, else the table's) and address.
-pub fn variation(entry: &AllowlistEntry) -> Variation {
+/// How `entry` varies across CPUs on an emulated node of `cpu`'s model: by its scope in the
+/// MSR table first (a shared register holds one value per domain, counters included), then, for
+/// per-thread registers, by its name (the allowlist's comment, else the table's).
+pub fn variation(entry: &AllowlistEntry, cpu: &CpuIdentity) -> Variation {
+    match scope_of(Some(cpu), entry.addr) {
+        Scope::Package | Scope::Die => return Variation::PerPackage,
+        Scope::Core | Scope::Module => return Variation::PerCore,
+        Scope::Thread => {}
+    }
     let read_only = crate::msrs::is_read_only(entry.addr);
     if read_only || entry.display_name().is_some_and(counts_or_reports) {
         Variation::PerCpu
-    } else if (0x600..0x700).contains(&entry.addr.0) {
-        // RAPL power limits and the uncore ratio limit live in the package.
-        Variation::PerPackage
     } else {
         Variation::Node
     }
 }
 
-/// The value an emulated register starts with: stable, different across addresses, and varying
-/// across CPUs as [`variation`] says.
-pub fn realistic_value(shape: &Shape, cpu: CpuId, entry: &AllowlistEntry) -> u64 {
+/// The value an emulated register starts with: stable, different across addresses, varying
+/// across CPUs as [`variation`] says, and with its lock bit clear (firmware left it unlocked).
+pub fn realistic_value(
+    shape: &Shape,
+    cpu: CpuId,
+    entry: &AllowlistEntry,
+    model: &CpuIdentity,
+) -> u64 {
     let addr = entry.addr;
-    let seed = match variation(entry) {
+    let place = shape.place(cpu);
+    let seed = match variation(entry, model) {
         Variation::PerCpu => u64::from(cpu.0) + 1,
-        Variation::PerPackage => u64::from(shape.place(cpu).package) << 32,
+        Variation::PerCore => {
+            (u64::from(place.package) << 32 | u64::from(place.core) << 8) ^ 0x5A5A_0000
+        }
+        Variation::PerPackage => u64::from(place.package) << 32,
         Variation::Node => 0,
     };
-    splitmix(u64::from(addr.0) ^ seed.rotate_left(17))
+    let lock = lock_of(Some(model), addr).map_or(0, |l| 1u64 << l.bit);
+    splitmix(u64::from(addr.0) ^ seed.rotate_left(17)) & !lock
+}
+
+/// Where an emulated node lists its shared registers.
+pub const SHARED_REGISTERS: &str = "/emulated/shared_registers";
+
+/// The registers an emulated node shares, and its topology: what makes a write to one CPU's
+/// register file land in the files of every CPU of the register's domain, as on the hardware.
+#[derive(Debug)]
+pub struct Sharing {
+    scopes: HashMap<MsrAddr, Scope>,
+    topology: Topology,
+}
+
+impl Sharing {
+    /// The sharing of the emulated node at `node`; `None` when it lists no shared register (a
+    /// node made before registers had a scope: every register its CPU's own).
+    pub fn load(node: &Node) -> Option<Sharing> {
+        let text = node.read_text(SHARED_REGISTERS).ok()?;
+        let mut scopes = HashMap::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(addr), Some(scope)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(addr) = addr.parse::<MsrAddr>() else {
+                continue;
+            };
+            let Some(scope) = Scope::ALL.into_iter().find(|s| s.name() == scope) else {
+                continue;
+            };
+            scopes.insert(addr, scope);
+        }
+        if scopes.is_empty() {
+            return None;
+        }
+        let online = node.online_cpus().ok()?;
+        let mut needed: Vec<Scope> = scopes.values().copied().collect();
+        needed.sort_unstable();
+        needed.dedup();
+        Some(Sharing {
+            topology: Topology::read(node, &online, &needed),
+            scopes,
+        })
+    }
+
+    /// The other CPUs whose register `addr` is `cpu`'s.
+    pub fn siblings(&self, cpu: CpuId, addr: MsrAddr) -> Vec<CpuId> {
+        let Some(&scope) = self.scopes.get(&addr) else {
+            return Vec::new();
+        };
+        let mut cpus = self.topology.domain_of(cpu, scope).1;
+        cpus.retain(|&c| c != cpu);
+        cpus
+    }
+}
+
+/// Write `value` into a register of an emulated node as a job would on the hardware: into the
+/// register file of `cpu` and of every CPU that shares the register with it.
+pub fn poke_shared(root: &Path, cpu: CpuId, addr: MsrAddr, value: u64) -> Result<()> {
+    poke(root, cpu, addr, value)?;
+    if let Some(sharing) = Sharing::load(&Node::new(root)) {
+        for c in sharing.siblings(cpu, addr) {
+            poke(root, c, addr, value)?;
+        }
+    }
+    Ok(())
 }
 
 fn splitmix(x: u64) -> u64 {
@@ -275,6 +386,15 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
     }
     write_file(&node.path(CPUINFO), cpuinfo.as_bytes())?;
 
+    let mut shared = String::new();
+    for e in spec.allowlist.entries() {
+        let scope = scope_of(Some(&spec.identity), e.addr);
+        if scope != Scope::Thread {
+            shared.push_str(&format!("{} {scope}\n", e.addr));
+        }
+    }
+    write_file(&node.path(SHARED_REGISTERS), shared.as_bytes())?;
+
     let mut buf = Vec::new();
     for cpu in (0..spec.cpus).map(CpuId) {
         let path = node.cpu_node(cpu, "msr_safe");
@@ -283,7 +403,7 @@ pub fn create(dir: &Path, spec: &EmulatedNodeSpec) -> Result<Node> {
         let f = File::create(&path).map_err(io(&path))?;
         for e in spec.allowlist.entries() {
             buf.clear();
-            buf.extend_from_slice(&realistic_value(&shape, cpu, e).to_le_bytes());
+            buf.extend_from_slice(&realistic_value(&shape, cpu, e, &spec.identity).to_le_bytes());
             f.write_all_at(&buf, e.addr.emulated_offset())
                 .map_err(io(&path))?;
         }
@@ -336,7 +456,12 @@ mod tests {
         )
         .unwrap();
         let [pl, pmc, bias, cha, ctrl] = [0, 1, 2, 3, 4].map(|i| &al.entries()[i]);
-        let v = |cpu, e| realistic_value(&s, CpuId(cpu), e);
+        let skx = CpuIdentity {
+            vendor: "GenuineIntel".into(),
+            family: 6,
+            model: 0x55,
+        };
+        let v = |cpu, e| realistic_value(&s, CpuId(cpu), e, &skx);
         assert_eq!(v(0, pl), v(11, pl));
         assert_ne!(v(0, pl), v(5, pl));
         assert_ne!(v(0, pmc), v(8, pmc));
@@ -369,7 +494,7 @@ mod tests {
             vec![CpuId(0), CpuId(1), CpuId(2)]
         );
         assert_eq!(node.cpu_identity().unwrap(), id);
-        let v = realistic_value(&Shape::flat(3), CpuId(2), &al.entries()[1]);
+        let v = realistic_value(&Shape::flat(3), CpuId(2), &al.entries()[1], &id);
         assert_eq!(peek(dir.path(), CpuId(2), MsrAddr(0xC0000103)).unwrap(), v);
         // msr and msr_safe are one register file.
         poke(dir.path(), CpuId(1), MsrAddr(0x10), 42).unwrap();

@@ -29,6 +29,7 @@ pub mod savefile;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-doubles"))]
 pub mod testing;
+pub mod topology;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -148,6 +148,9 @@ mod tests {
             cpus,
             cpu_list: String::new(),
             bits: Hex64(1),
+            scope: crate::msrs::scope::Scope::Thread,
+            domains: cpus,
+            packages: String::new(),
         }
     }
 

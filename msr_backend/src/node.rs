@@ -94,7 +94,7 @@ impl Node {
 
     /// A small kernel text file (sysfs, procfs): at most [`MAX_SYSFS_BYTES`], a regular file
     /// (sysfs and procfs files are) and never a FIFO planted under an emulated root.
-    fn read_text(&self, abs: &str) -> Result<String> {
+    pub(crate) fn read_text(&self, abs: &str) -> Result<String> {
         let p = self.path(abs);
         let bytes = fsio::read_file(
             &p,

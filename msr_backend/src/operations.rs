@@ -17,13 +17,19 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::device::select::{open_backend, BackendRequest, OpenBackend};
 use crate::error::Result;
+use crate::finding::{Finding, Problem};
 use crate::fsio::{self, StaleTemp};
 use crate::jobs::{JobId, NodeRegisters, RestoreSummary, SnapshotSummary};
+use crate::msrs::scope::Scope;
 use crate::node::{hostname, Node};
 use crate::plan::DriftBits;
+use crate::plan::{first_disagreement, Inconsistency, Member};
 use crate::restore::{self, CheckReport, RestoreReport};
 use crate::savefile::{self, Loaded, Origin, SaveFile, SaveMeta};
+use crate::savefile::{LockState, LOCK_DOMAINS_LISTED};
 use crate::snapshot::Snapshot;
+use crate::topology::Layout;
+use crate::types::CpuId;
 
 /// Where the node is and how to reach its registers.
 #[derive(Clone, Debug, Default)]
@@ -66,6 +72,10 @@ impl Setup {
 pub struct Saved {
     pub file: SaveFile,
     pub path: PathBuf,
+    /// The node's topology as the scopes of the allowlist needed it (`2 packages, 224 CPUs`).
+    pub topology: String,
+    /// Shared registers that CPUs of one domain read differently: restored CPU by CPU.
+    pub inconsistent: Vec<Finding>,
     /// The whole operation, and the reads alone.
     pub elapsed: Duration,
     pub read_elapsed: Duration,
@@ -83,6 +93,8 @@ pub fn save(backend: &OpenBackend, path: &Path, job_id: Option<&str>) -> Result<
     )?;
     let read_elapsed = start.elapsed();
     let node = &backend.node;
+    let layout = Layout::read(node, &backend.online, &backend.allowlist);
+    let (locked, inconsistent) = shared_state(&snapshot, &layout);
     let mut meta = SaveMeta::now(
         hostname(),
         node.cpu_identity()?,
@@ -91,16 +103,79 @@ pub fn save(backend: &OpenBackend, path: &Path, job_id: Option<&str>) -> Result<
     );
     meta.job_id = job_id.map(str::to_string);
     meta.msr_safe = node.msr_safe_version();
+    meta.locked = locked;
     let file = SaveFile { meta, snapshot };
     let stale_temps = fsio::remove_stale_temps(path);
     file.store(path)?;
     Ok(Saved {
         file,
         path: path.to_path_buf(),
+        topology: layout.topology.summary(),
+        inconsistent,
         elapsed: start.elapsed(),
         read_elapsed,
         stale_temps,
     })
+}
+
+/// What a snapshot shows of its shared registers: the lock bits set (per MSR, the domains), and
+/// the shared registers that CPUs of one domain read differently.
+pub fn shared_state(s: &Snapshot, layout: &Layout) -> (Vec<LockState>, Vec<Finding>) {
+    let mut locked = Vec::new();
+    let mut inconsistent = Vec::new();
+    for (ei, e) in s.entries().iter().enumerate() {
+        let scope = layout.scope(e.addr);
+        let lock = layout.lock(e.addr);
+        if scope == Scope::Thread && lock.is_none() {
+            continue;
+        }
+        let mut lock_domains: Vec<String> = Vec::new();
+        let mut lock_cpus: Vec<CpuId> = Vec::new();
+        for (at, cpus) in layout.topology.split(scope, &s.cpus) {
+            let members: Vec<Member> = cpus
+                .iter()
+                .filter_map(|&c| s.cpu_index(c).map(|ci| (c, s.value(ci, ei))))
+                .map(|(cpu, v)| Member {
+                    cpu,
+                    saved: v,
+                    current: v,
+                })
+                .collect();
+            if let Some(d) = first_disagreement(e.mask, &members, |m| m.saved) {
+                inconsistent.push(Finding {
+                    cpu: d.a.0,
+                    at,
+                    msr: Some(e.addr),
+                    name: e
+                        .display_name()
+                        .map(str::to_string)
+                        .or_else(|| crate::msrs::msr_name(e.addr).map(str::to_string)),
+                    problem: Problem::Inconsistent(Inconsistency {
+                        at_save: Some(d),
+                        now: None,
+                    }),
+                });
+            }
+            let is_locked = |m: &Member| lock.is_some_and(|l| m.saved.is_ok_and(|v| l.is_set(v)));
+            if members.first().is_some_and(is_locked) {
+                if lock_domains.len() < LOCK_DOMAINS_LISTED {
+                    lock_domains.push(at.to_string());
+                }
+                lock_cpus.extend_from_slice(&cpus);
+            }
+        }
+        lock_cpus.sort_unstable();
+        if let (Some(l), false) = (lock, lock_cpus.is_empty()) {
+            locked.push(LockState {
+                msr: e.addr,
+                lock_bit: l.bit,
+                scope,
+                domains: lock_domains,
+                cpus: crate::types::format_cpu_list(&lock_cpus),
+            });
+        }
+    }
+    (locked, inconsistent)
 }
 
 /// How strictly a save file must fit the node.
@@ -129,6 +204,7 @@ pub fn load_for_node(
 ) -> Result<LoadedSnapshot> {
     match savefile::load(path, origin)? {
         Loaded::Ours(file) => {
+            let file = *file;
             if !fit.allow_foreign_host {
                 file.check_host(path, &hostname())?;
             }
@@ -156,11 +232,13 @@ pub fn restore(
     saved: &LoadedSnapshot,
     dry_run: bool,
 ) -> Result<RestoreReport> {
+    let layout = Layout::read(&backend.node, &backend.online, &backend.allowlist);
     Ok(restore::restore(
         backend.device.as_ref(),
         &saved.snapshot,
         &backend.allowlist,
         &backend.online,
+        &layout,
         dry_run,
     )?)
 }
@@ -171,14 +249,19 @@ pub fn check(
     saved: &LoadedSnapshot,
     bits: DriftBits,
 ) -> Result<CheckReport> {
+    let layout = Layout::read(&backend.node, &backend.online, &backend.allowlist);
     Ok(restore::check(
         backend.device.as_ref(),
         &saved.snapshot,
         &backend.allowlist,
         &backend.online,
+        &layout,
         bits,
     )?)
 }
+
+/// How many locked or inconsistent registers the notes of a restore name one by one.
+const NOTED: usize = 10;
 
 /// Notes an admin should read after a restore that did not stop it.
 pub fn restore_notes(r: &RestoreReport) -> Vec<String> {
@@ -198,6 +281,14 @@ pub fn restore_notes(r: &RestoreReport) -> Vec<String> {
             "CPUs online now but not in the snapshot, left alone: {}",
             crate::types::format_cpu_list(&r.new_cpus)
         ));
+    }
+    // Locked and inconsistent registers are named, not failures: a lock set by firmware is no
+    // job's doing, and a register handled CPU by CPU was still restored.
+    for list in [&r.locked, &r.inconsistent] {
+        notes.extend(list.iter().take(NOTED).map(|f| f.to_string()));
+        if list.len() > NOTED {
+            notes.push(format!("and {} more like it", list.len() - NOTED));
+        }
     }
     notes
 }
@@ -257,6 +348,15 @@ mod tests {
     }
 
     fn emulated_node(dir: &Path, cpus: u32, identity: CpuIdentity) -> Node {
+        emulated_node_of(dir, cpus, identity, None)
+    }
+
+    fn emulated_node_of(
+        dir: &Path,
+        cpus: u32,
+        identity: CpuIdentity,
+        shape: Option<crate::emulate::Shape>,
+    ) -> Node {
         let list = crate::allowlist::Allowlist::parse(LIST, "test").expect("allowlist");
         crate::emulate::create(
             dir,
@@ -264,7 +364,7 @@ mod tests {
                 cpus,
                 allowlist: &list,
                 identity,
-                shape: None,
+                shape,
             },
         )
         .expect("emulated node")
@@ -360,8 +460,15 @@ mod tests {
     fn an_llnl_save_file_is_restored() {
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path().join("node");
+        // Two packages of one CPU: MSR_PKG_POWER_LIMIT is each CPU's own, so that one CPU's can
+        // stay unrestored (on one package the restore of CPU 0's is CPU 1's too).
+        let two_sockets = crate::emulate::Shape {
+            packages: 2,
+            cores_per_package: 1,
+            threads_per_core: 1,
+        };
         let setup = Setup::new(
-            emulated_node(&root, 2, skylake()),
+            emulated_node_of(&root, 2, skylake(), Some(two_sockets)),
             BackendRequest::default(),
         );
         let backend = setup.open(true).expect("open");

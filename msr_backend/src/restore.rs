@@ -1,13 +1,22 @@
-//! Restore and drift check: read the node now, let [`crate::plan`] decide for each register,
-//! write what differs, read back what was written and verify. Every failure (a CPU gone offline,
-//! a register that cannot be read, written or verified) becomes a [`Finding`] and the rest goes on.
+//! Restore and drift check: read the node now, let [`crate::plan`] decide for each register of
+//! each domain, write what differs, read back what was written and verify. Every failure (a CPU
+//! gone offline, a register that cannot be read, written or verified) becomes a [`Finding`] and
+//! the rest goes on.
 //!
-//! One read pass: the registers are read once, and that read tells both what to write and what
-//! the jobs had changed ([`MsrChange`], per MSR); only the registers written are read again, to
-//! verify them. The work goes in groups: one CPU at a time on a worker pinned to it for the
-//! per-CPU devices (all CPUs in parallel), as many CPUs as fill one ioctl for the batch device.
-//! Memory follows the snapshot, not the number of writes: per-register lists in a report are
-//! cut at [`LISTED`] entries (their counts stay complete) and everything else is kept per MSR.
+//! Registers have a scope ([`crate::msrs::scope`]): a register a package (die, core) shares is
+//! one register of that domain. Every CPU is still read, so that CPUs of one domain that
+//! disagree are seen (and reported as `inconsistent`, then handled CPU by CPU); a domain whose
+//! CPUs agree is written once, from its first CPU, verified on every CPU of it, and reported once
+//! (`package 1 MSR 0x00000610 ...`). A difference in bits a set lock holds is reported as
+//! `locked`, never written ([`crate::msrs::lock`]). Writes run in the order the rules of
+//! [`crate::msrs::order`] ask.
+//!
+//! One read pass: the registers are read once (every CPU in parallel, pinned on per-CPU kernel
+//! nodes; as many ops as fill one ioctl on the batch device), and that read tells both what to
+//! write and what the jobs had changed ([`MsrChange`], per MSR); only the registers written are
+//! read again, to verify them. Memory follows the snapshot, not the number of writes:
+//! per-register lists in a report keep the first [`LISTED`] in (CPU, MSR) order (their counts
+//! stay complete) and everything else is kept per MSR.
 
 use std::sync::Arc;
 
@@ -15,11 +24,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::allowlist::{Allowlist, AllowlistEntry};
-use crate::device::{self, DeviceError, MsrDevice, MsrOp, OpError, Parallelism, BATCH_CHUNK_OPS};
+use crate::device::{self, DeviceError, MsrDevice, MsrOp, OpError};
 use crate::finding::{Finding, Problem, Stage};
-use crate::msrs::msr_name;
-use crate::plan::{self, drift_bits, plan_register, DriftBits, MaskChange, RegisterAction};
+use crate::msrs::scope::Scope;
+use crate::msrs::{msr_name, order};
+use crate::plan::{self, plan_domain_into, DomainPlan, DomainWrite, DriftBits, MaskChange, Member};
 use crate::snapshot::Snapshot;
+use crate::topology::{Layout, Where};
 use crate::types::{format_cpu_list, CpuId, Hex64, MsrAddr, WriteMask};
 
 /// How many registers a report lists one by one (findings, writes); the counts beside them are
@@ -29,7 +40,12 @@ pub const LISTED: usize = 1000;
 /// A register a restore wrote (or, with dry run, would write).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct WriteRecord {
+    /// The CPU written from.
     pub cpu: CpuId,
+    /// The register's scope: a register a core, die or package shares is written once for it.
+    pub scope: Scope,
+    /// Where the register sits: `CPU 3`, `package 1`.
+    pub domain: String,
     pub msr: MsrAddr,
     pub name: Option<String>,
     pub before: Hex64,
@@ -48,6 +64,12 @@ pub struct MsrChange {
     pub cpu_list: String,
     /// Every bit that differed on any of them.
     pub bits: Hex64,
+    /// The scope of its domains (`thread`: one register per CPU).
+    pub scope: Scope,
+    /// How many domains (CPUs, cores, dies or packages) it differed on.
+    pub domains: usize,
+    /// The packages of those domains (kernel list syntax; empty for per-CPU registers).
+    pub packages: String,
 }
 
 impl std::fmt::Display for MsrChange {
@@ -56,14 +78,29 @@ impl std::fmt::Display for MsrChange {
         if let Some(n) = &self.name {
             write!(f, " {n}")?;
         }
-        write!(
-            f,
-            " on {} CPU{} ({}), bits {}",
-            self.cpus,
-            if self.cpus == 1 { "" } else { "s" },
-            self.cpu_list,
-            self.bits
-        )
+        let cpus = format!("{} CPU{}", self.cpus, if self.cpus == 1 { "" } else { "s" });
+        match self.scope {
+            Scope::Thread => write!(f, " on {cpus} ({})", self.cpu_list)?,
+            Scope::Package => write!(
+                f,
+                " on package{} {} ({cpus})",
+                if self.domains == 1 { "" } else { "s" },
+                self.packages
+            )?,
+            scope => write!(
+                f,
+                " on {} {scope}{} of package{} {} ({cpus})",
+                self.domains,
+                if self.domains == 1 { "" } else { "s" },
+                if self.packages.contains(['-', ',']) {
+                    "s"
+                } else {
+                    ""
+                },
+                self.packages
+            )?,
+        }
+        write!(f, ", bits {}", self.bits)
     }
 }
 
@@ -90,6 +127,11 @@ pub struct RestoreReport {
     pub writes: Vec<WriteRecord>,
     /// What differed from the snapshot before the restore, per MSR.
     pub changed: Vec<MsrChange>,
+    /// Registers whose lock bit is set and whose locked bits differ from the snapshot: not
+    /// written (writes to them are ignored until reset), not failures.
+    pub locked: Vec<Finding>,
+    /// Shared registers that CPUs of one domain read differently: handled CPU by CPU.
+    pub inconsistent: Vec<Finding>,
 }
 
 impl RestoreReport {
@@ -129,6 +171,11 @@ pub struct CheckReport {
     pub mask_changes: Vec<MaskChange>,
     /// The drift per MSR.
     pub changed: Vec<MsrChange>,
+    /// Registers whose lock bit is set and whose locked bits differ from the snapshot: not
+    /// drift a job made (writes to them are ignored until reset).
+    pub locked: Vec<Finding>,
+    /// Shared registers that CPUs of one domain read differently: compared CPU by CPU.
+    pub inconsistent: Vec<Finding>,
 }
 
 impl CheckReport {
@@ -157,6 +204,12 @@ impl CheckReport {
             parts.push(format!(
                 "{} registers or CPUs could not be checked",
                 self.failed
+            ));
+        }
+        if !self.locked.is_empty() {
+            parts.push(format!(
+                "{} locked registers differ (not drift: they ignore writes until reset)",
+                self.locked.len()
             ));
         }
         parts.join("; ")
@@ -253,13 +306,90 @@ struct Work<'a> {
     list: Arc<Allowlist>,
     /// For each entry of `list`: its index in the saved allowlist.
     saved_entry: Vec<usize>,
-    /// For each entry of `list`: the bits compared and restored.
+    /// For each entry of `list`: the bits restored (writable under both allowlists).
     masks: Vec<WriteMask>,
+    /// For each entry of `list`: the bits compared.
+    drift_masks: Vec<WriteMask>,
     names: Vec<Option<String>>,
     mode: Mode,
 }
 
-/// What one group of CPUs gave, merged as groups finish.
+/// Findings listed by a report: the first [`LISTED`] in (CPU, MSR) order, whatever order the
+/// work finished in.
+struct Listed<T> {
+    heap: std::collections::BinaryHeap<Keyed<T>>,
+}
+
+type Key = (CpuId, usize);
+
+struct Keyed<T>(Key, T);
+
+impl<T> PartialEq for Keyed<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl<T> Eq for Keyed<T> {}
+impl<T> PartialOrd for Keyed<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Keyed<T> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&o.0)
+    }
+}
+
+impl<T> Default for Listed<T> {
+    fn default() -> Self {
+        Listed {
+            heap: std::collections::BinaryHeap::new(),
+        }
+    }
+}
+
+impl<T> Listed<T> {
+    fn push(&mut self, key: Key, item: T) {
+        if self.heap.len() < LISTED {
+            self.heap.push(Keyed(key, item));
+        } else if self.heap.peek().is_some_and(|top| key < top.0) {
+            self.heap.pop();
+            self.heap.push(Keyed(key, item));
+        }
+    }
+
+    /// Whether an item with `key` would be kept (to skip building one that would not).
+    fn keeps(&self, key: Key) -> bool {
+        self.heap.len() < LISTED || self.heap.peek().is_some_and(|top| key < top.0)
+    }
+
+    fn merge(&mut self, other: Listed<T>) {
+        for Keyed(k, v) in other.heap {
+            self.push(k, v);
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|k| k.1)
+            .collect()
+    }
+}
+
+/// One domain of a scope among the present CPUs: where it sits, its CPUs with their rows in the
+/// saved snapshot and in the read pass, and its CPUs alone (shared by the writes to verify).
+struct DomainRows {
+    at: Where,
+    rows: Vec<(CpuId, usize, usize)>,
+    cpus: Arc<[CpuId]>,
+}
+
+type Domains = Vec<DomainRows>;
+
+/// What the registers gave, merged as the work finishes.
 #[derive(Default)]
 struct Tally {
     compared: usize,
@@ -268,31 +398,39 @@ struct Tally {
     verified: usize,
     unreadable_at_save: usize,
     failed: usize,
-    failures: Vec<Finding>,
+    failures: Listed<Finding>,
     drifted: usize,
-    drift: Vec<Finding>,
-    writes: Vec<WriteRecord>,
-    /// Per entry of the work list: the CPUs whose compared bits differed, and those bits.
-    changed: Vec<(u64, Vec<CpuId>)>,
+    drift: Listed<Finding>,
+    writes: Listed<WriteRecord>,
+    locked: Listed<Finding>,
+    inconsistent: Listed<Finding>,
+    /// Per entry of the work list: the bits that differed, the CPUs and the domains.
+    changed: Vec<(usize, Change)>,
+    /// Writes planned, not yet run.
+    pending: Vec<Pending>,
 }
 
-fn push_listed<T>(list: &mut Vec<T>, item: T) {
-    if list.len() < LISTED {
-        list.push(item);
-    }
+#[derive(Default)]
+struct Change {
+    bits: u64,
+    cpus: Vec<CpuId>,
+    domains: Vec<Where>,
+}
+
+/// A write planned for one domain.
+struct Pending {
+    entry: usize,
+    at: Where,
+    write: DomainWrite,
+    /// The CPUs to verify on besides the one written (every CPU of the domain, when it holds one
+    /// value).
+    domain: Option<Arc<[CpuId]>>,
 }
 
 impl Tally {
-    fn new(entries: usize) -> Tally {
-        Tally {
-            changed: vec![(0, Vec::new()); entries],
-            ..Tally::default()
-        }
-    }
-
-    fn fail(&mut self, f: Finding) {
+    fn fail(&mut self, key: Key, f: Finding) {
         self.failed += 1;
-        push_listed(&mut self.failures, f);
+        self.failures.push(key, f);
     }
 
     fn merge(mut self, other: Tally) -> Tally {
@@ -303,42 +441,45 @@ impl Tally {
         self.unreadable_at_save += other.unreadable_at_save;
         self.failed += other.failed;
         self.drifted += other.drifted;
-        for f in other.failures {
-            push_listed(&mut self.failures, f);
-        }
-        for d in other.drift {
-            push_listed(&mut self.drift, d);
-        }
-        for w in other.writes {
-            push_listed(&mut self.writes, w);
-        }
-        if self.changed.is_empty() {
-            self.changed = other.changed;
-        } else {
-            for (mine, theirs) in self.changed.iter_mut().zip(other.changed) {
-                mine.0 |= theirs.0;
-                mine.1.extend(theirs.1);
-            }
-        }
+        self.failures.merge(other.failures);
+        self.drift.merge(other.drift);
+        self.writes.merge(other.writes);
+        self.locked.merge(other.locked);
+        self.inconsistent.merge(other.inconsistent);
+        self.changed.extend(other.changed);
+        self.pending.extend(other.pending);
         self
     }
 
     /// The per-MSR changes, CPUs in order, and how many CPUs they touch in all.
     fn changes(&mut self, work: &Work) -> (Vec<MsrChange>, usize) {
+        self.changed.sort_unstable_by_key(|c| c.0);
         let mut out = Vec::new();
         let mut all: Vec<CpuId> = Vec::new();
-        for (ei, (bits, cpus)) in self.changed.iter_mut().enumerate() {
-            if cpus.is_empty() {
+        for (ei, change) in &mut self.changed {
+            if change.cpus.is_empty() {
                 continue;
             }
-            cpus.sort_unstable();
-            all.extend_from_slice(cpus);
+            change.cpus.sort_unstable();
+            all.extend_from_slice(&change.cpus);
+            let scope = change.domains.first().map_or(Scope::Thread, |w| w.scope());
+            let mut packages: Vec<CpuId> = change
+                .domains
+                .iter()
+                .filter_map(|w| w.package())
+                .map(CpuId)
+                .collect();
+            packages.sort_unstable();
+            packages.dedup();
             out.push(MsrChange {
-                msr: work.list.entries()[ei].addr,
-                name: work.names[ei].clone(),
-                cpus: cpus.len(),
-                cpu_list: format_cpu_list(cpus),
-                bits: Hex64(*bits),
+                msr: work.list.entries()[*ei].addr,
+                name: work.names[*ei].clone(),
+                cpus: change.cpus.len(),
+                cpu_list: format_cpu_list(&change.cpus),
+                bits: Hex64(change.bits),
+                scope,
+                domains: change.domains.len(),
+                packages: format_cpu_list(&packages),
             });
         }
         all.sort_unstable();
@@ -348,209 +489,341 @@ impl Tally {
 }
 
 impl Work<'_> {
-    /// Read, decide, write and verify the registers of `group` (CPUs with their saved row).
-    fn run_group(
-        &self,
-        device: &dyn MsrDevice,
-        group: &[(CpuId, usize)],
-    ) -> Result<Tally, DeviceError> {
-        let n = self.list.len();
-        let entries = self.list.entries();
-        let mut tally = Tally::new(n);
-        let mut reads: Vec<MsrOp> = Vec::with_capacity(group.len() * n);
-        for &(cpu, _) in group {
-            reads.extend(entries.iter().map(|e| MsrOp::read(cpu, e.addr)));
+    /// Decide for every register of every domain, from the snapshot and the read pass.
+    fn plan(&self, current: &Snapshot, layout: &Layout, present: &[(CpuId, usize)]) -> Tally {
+        let cpus: Vec<CpuId> = present.iter().map(|p| p.0).collect();
+        let row_of = |c: CpuId| {
+            present
+                .binary_search_by_key(&c, |p| p.0)
+                .map(|i| (present[i].1, i))
+        };
+        // The domains of each scope among the present CPUs, computed once.
+        let mut splits: std::collections::HashMap<Scope, Domains> =
+            std::collections::HashMap::new();
+        for e in self.list.entries() {
+            let scope = layout.scope(e.addr);
+            splits.entry(scope).or_insert_with(|| {
+                layout
+                    .topology
+                    .split(scope, &cpus)
+                    .into_iter()
+                    .map(|(at, members)| {
+                        let rows: Vec<(CpuId, usize, usize)> = members
+                            .into_iter()
+                            .filter_map(|c| row_of(c).ok().map(|(si, ci)| (c, si, ci)))
+                            .collect();
+                        let cpus = rows.iter().map(|r| r.0).collect();
+                        DomainRows { at, rows, cpus }
+                    })
+                    .collect()
+            });
         }
-        run(device, &mut reads)?;
-        // Writes and what each one is for: (op index in `reads`, saved value).
-        let mut writes: Vec<MsrOp> = Vec::new();
-        let mut planned: Vec<(usize, u64)> = Vec::new();
-        for (gi, &(cpu, si)) in group.iter().enumerate() {
-            for ei in 0..n {
-                let op = &reads[gi * n + ei];
-                let current = op
-                    .result
-                    .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)));
-                let saved = self.saved.value(si, self.saved_entry[ei]);
-                let addr = entries[ei].addr;
-                let mask = self.masks[ei];
-                let name = || self.names[ei].clone();
-                let changed = drift_bits(mask, saved, current);
-                if changed != 0 {
-                    let slot = &mut tally.changed[ei];
-                    slot.0 |= changed;
-                    slot.1.push(cpu);
-                }
-                match self.mode {
-                    Mode::Check { .. } => {
-                        match (saved, current) {
-                            (Ok(s), Ok(c)) => {
-                                tally.compared += 1;
-                                if changed != 0 {
-                                    tally.drifted += 1;
-                                    push_listed(
-                                        &mut tally.drift,
-                                        Finding {
-                                            cpu,
-                                            msr: Some(addr),
-                                            name: name(),
-                                            problem: Problem::Drift {
-                                                expected: s,
-                                                actual: c,
-                                                bits: changed,
-                                            },
-                                        },
-                                    );
-                                }
-                            }
-                            // Unreadable now but readable at save time is a failure; one
-                            // unreadable both times (an MSR this CPU lacks) is not news.
-                            (Ok(_), Err(e)) => {
-                                tally.fail(Finding::failed(cpu, addr, name(), Stage::Read, e))
-                            }
-                            (Err(_), _) => {}
-                        }
-                    }
-                    Mode::Restore { dry_run } => match plan_register(mask, saved, current) {
-                        RegisterAction::Leave => tally.unchanged += 1,
-                        RegisterAction::UnreadableAtSave(_) => tally.unreadable_at_save += 1,
-                        RegisterAction::UnreadableNow(e) => {
-                            tally.fail(Finding::failed(cpu, addr, name(), Stage::Read, e))
-                        }
-                        RegisterAction::Write { new } => {
-                            let s = saved.unwrap_or_default();
-                            if dry_run {
-                                tally.written += 1;
-                                push_listed(
-                                    &mut tally.writes,
-                                    WriteRecord {
-                                        cpu,
-                                        msr: addr,
-                                        name: name(),
-                                        before: Hex64(current.unwrap_or_default()),
-                                        after: Hex64(new),
-                                        mask: Hex64(mask.0),
-                                    },
-                                );
-                            } else {
-                                writes.push(MsrOp::write(cpu, addr, new, mask));
-                                planned.push((gi * n + ei, s));
-                            }
-                        }
+        (0..self.list.len())
+            .into_par_iter()
+            .fold(Tally::default, |mut tally, ei| {
+                self.plan_entry(
+                    &mut tally,
+                    ei,
+                    current,
+                    layout,
+                    &splits[&layout.scope(self.list.entries()[ei].addr)],
+                );
+                tally
+            })
+            .reduce(Tally::default, Tally::merge)
+    }
+
+    fn plan_entry(
+        &self,
+        tally: &mut Tally,
+        ei: usize,
+        current: &Snapshot,
+        layout: &Layout,
+        domains: &Domains,
+    ) {
+        let addr = self.list.entries()[ei].addr;
+        let lock = layout.lock(addr);
+        let name = || self.names[ei].clone();
+        let mut change = Change::default();
+        let mut members: Vec<Member> = Vec::new();
+        let mut plan = DomainPlan::default();
+        for DomainRows { at, rows, cpus } in domains {
+            members.clear();
+            members.extend(rows.iter().map(|&(cpu, si, ci)| Member {
+                cpu,
+                saved: self.saved.value(si, self.saved_entry[ei]),
+                current: current.value(ci, ei),
+            }));
+            let Some(first) = members.first().map(|m| m.cpu) else {
+                continue;
+            };
+            plan_domain_into(
+                self.masks[ei],
+                self.drift_masks[ei],
+                lock,
+                &members,
+                &mut plan,
+            );
+            // Findings about the register sit at its domain when the domain holds one value,
+            // at each CPU when its CPUs disagree (handled CPU by CPU).
+            let place = |cpu: CpuId| if plan.one_value { *at } else { Where::Cpu(cpu) };
+            if !plan.changed_cpus.is_empty() {
+                change.bits |= plan.changed_bits;
+                change.cpus.extend_from_slice(&plan.changed_cpus);
+                change.domains.push(*at);
+            }
+            if let Some(i) = plan.inconsistent {
+                tally.inconsistent.push(
+                    (first, ei),
+                    Finding {
+                        cpu: first,
+                        at: *at,
+                        msr: Some(addr),
+                        name: name(),
+                        problem: Problem::Inconsistent(i),
                     },
+                );
+            }
+            for l in &plan.locked {
+                tally.locked.push(
+                    (l.cpu, ei),
+                    Finding {
+                        cpu: l.cpu,
+                        at: place(l.cpu),
+                        msr: Some(addr),
+                        name: name(),
+                        problem: Problem::Locked {
+                            expected: l.expected,
+                            actual: l.actual,
+                            bits: l.bits,
+                            lock_bit: l.lock_bit,
+                            at_save: l.at_save,
+                        },
+                    },
+                );
+            }
+            for &(cpu, e) in &plan.unreadable_now {
+                tally.fail(
+                    (cpu, ei),
+                    Finding::failed(cpu, addr, name(), Stage::Read, e).within(place(cpu)),
+                );
+            }
+            match self.mode {
+                Mode::Check { .. } => {
+                    tally.compared += plan.compared;
+                    for d in &plan.drift {
+                        tally.drifted += 1;
+                        tally.drift.push(
+                            (d.cpu, ei),
+                            Finding {
+                                cpu: d.cpu,
+                                at: place(d.cpu),
+                                msr: Some(addr),
+                                name: name(),
+                                problem: Problem::Drift {
+                                    expected: d.expected,
+                                    actual: d.actual,
+                                    bits: d.bits,
+                                },
+                            },
+                        );
+                    }
+                }
+                Mode::Restore { .. } => {
+                    tally.unchanged += plan.unchanged;
+                    tally.unreadable_at_save += plan.unreadable_at_save;
+                    for w in plan.writes.drain(..) {
+                        tally.pending.push(Pending {
+                            entry: ei,
+                            at: place(w.cpu),
+                            domain: (w.verify_all && cpus.len() > 1).then(|| Arc::clone(cpus)),
+                            write: w,
+                        });
+                    }
                 }
             }
         }
-        if writes.is_empty() {
-            return Ok(tally);
+        tally.changed.push((ei, change));
+    }
+
+    fn record(&self, p: &Pending, after: u64) -> WriteRecord {
+        WriteRecord {
+            cpu: p.write.cpu,
+            scope: p.at.scope(),
+            domain: p.at.to_string(),
+            msr: self.list.entries()[p.entry].addr,
+            name: self.names[p.entry].clone(),
+            before: Hex64(p.write.current),
+            after: Hex64(after),
+            mask: Hex64(p.write.mask.0),
         }
-        run(device, &mut writes)?;
-        let mut verify: Vec<MsrOp> = Vec::with_capacity(writes.len());
-        let mut verify_of: Vec<usize> = Vec::with_capacity(writes.len());
-        for (wi, w) in writes.iter().enumerate() {
-            let ei = planned[wi].0 % n;
-            match w.result {
+    }
+
+    /// Run the planned writes in the order the rules ask ([`crate::msrs::order`]), then read
+    /// every CPU each write must hold on and compare.
+    fn write_and_verify(
+        &self,
+        device: &dyn MsrDevice,
+        layout: &Layout,
+        tally: &mut Tally,
+    ) -> Result<(), DeviceError> {
+        let mut pending = std::mem::take(&mut tally.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let addrs: Vec<MsrAddr> = self.list.entries().iter().map(|e| e.addr).collect();
+        let edges = order::edges(layout.cpu.as_ref(), &addrs);
+        let rank = order::longest_paths(addrs.len(), &edges, |_, _| 1);
+        // A register handled CPU by CPU behaves as a per-thread one.
+        let mut scopes = vec![Scope::Thread; addrs.len()];
+        for p in &pending {
+            scopes[p.entry] = scopes[p.entry].max(p.at.scope());
+        }
+        let wave = plan::waves(&edges, &scopes);
+        pending.sort_by_key(|p| (wave[p.entry], p.write.cpu, rank[p.entry], p.entry));
+        let mut ops: Vec<MsrOp> = pending
+            .iter()
+            .map(|p| MsrOp::write(p.write.cpu, addrs[p.entry], p.write.new, p.write.mask))
+            .collect();
+        let mut start = 0;
+        while start < ops.len() {
+            let w = wave[pending[start].entry];
+            let end = start
+                + pending[start..]
+                    .iter()
+                    .take_while(|p| wave[p.entry] == w)
+                    .count();
+            run(device, &mut ops[start..end])?;
+            start = end;
+        }
+        // Read back: (CPU, write) pairs, grouped by CPU.
+        let mut checks: Vec<(CpuId, usize)> = Vec::new();
+        let mut ok = vec![false; pending.len()];
+        for (wi, (p, op)) in pending.iter().zip(&ops).enumerate() {
+            match op.result {
                 Some(Ok(_)) => {
-                    verify.push(MsrOp::read(w.cpu, w.addr));
-                    verify_of.push(wi);
+                    ok[wi] = true;
+                    match &p.domain {
+                        Some(cpus) => checks.extend(cpus.iter().map(|&c| (c, wi))),
+                        None => checks.push((p.write.cpu, wi)),
+                    }
                 }
                 other => {
                     let e = other
                         .and_then(Result::err)
                         .unwrap_or(OpError::Errno(nix::errno::Errno::EIO));
-                    tally.fail(Finding::failed(
-                        w.cpu,
-                        w.addr,
-                        self.names[ei].clone(),
-                        Stage::Write,
-                        e,
-                    ));
+                    tally.fail(
+                        (p.write.cpu, p.entry),
+                        Finding::failed(
+                            p.write.cpu,
+                            addrs[p.entry],
+                            self.names[p.entry].clone(),
+                            Stage::Write,
+                            e,
+                        )
+                        .within(p.at),
+                    );
                 }
             }
         }
-        tally.written += verify.len();
+        tally.written += ok.iter().filter(|o| **o).count();
+        checks.sort_by_key(|c| c.0);
+        let mut verify: Vec<MsrOp> = checks
+            .iter()
+            .map(|&(c, wi)| MsrOp::read(c, addrs[pending[wi].entry]))
+            .collect();
         run(device, &mut verify)?;
-        for (v, &wi) in verify.iter().zip(&verify_of) {
-            let (ri, saved) = planned[wi];
-            let ei = ri % n;
-            let mask = self.masks[ei];
-            let wrote = match writes[wi].kind {
-                device::OpKind::Write { value, .. } => value,
-                device::OpKind::Read => 0,
-            };
-            let before = reads[ri].result.and_then(Result::ok).unwrap_or_default();
-            let name = self.names[ei].clone();
+        // Per write: the value its own CPU reads back, and whether every CPU holds.
+        let mut held = ok.clone();
+        let mut after = vec![0u64; pending.len()];
+        for (&(cpu, wi), v) in checks.iter().zip(&verify) {
+            let p = &pending[wi];
+            let mask = p.write.mask.0;
+            let name = self.names[p.entry].clone();
+            let key = (cpu, p.entry);
             match v
                 .result
                 .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
             {
-                Ok(read) if read & mask.0 == saved & mask.0 => {
-                    tally.verified += 1;
-                    push_listed(
-                        &mut tally.writes,
-                        WriteRecord {
-                            cpu: v.cpu,
-                            msr: v.addr,
+                Ok(read) if read & mask == p.write.saved & mask => {
+                    if cpu == p.write.cpu {
+                        after[wi] = read;
+                    }
+                }
+                Ok(read) => {
+                    held[wi] = false;
+                    tally.fail(
+                        key,
+                        Finding {
+                            cpu,
+                            at: p.at,
+                            msr: Some(addrs[p.entry]),
                             name,
-                            before: Hex64(before),
-                            after: Hex64(read),
-                            mask: Hex64(mask.0),
+                            problem: Problem::Mismatch {
+                                wrote: p.write.new,
+                                read,
+                                bits: (read ^ p.write.saved) & mask,
+                            },
                         },
                     );
                 }
-                Ok(read) => tally.fail(Finding {
-                    cpu: v.cpu,
-                    msr: Some(v.addr),
-                    name,
-                    problem: Problem::Mismatch {
-                        wrote,
-                        read,
-                        bits: (read ^ saved) & mask.0,
-                    },
-                }),
-                Err(e) => tally.fail(Finding::failed(v.cpu, v.addr, name, Stage::Verify, e)),
+                Err(e) => {
+                    held[wi] = false;
+                    tally.fail(
+                        key,
+                        Finding::failed(cpu, addrs[p.entry], name, Stage::Verify, e).within(p.at),
+                    );
+                }
             }
         }
-        Ok(tally)
+        for (wi, p) in pending.iter().enumerate() {
+            if held[wi] {
+                tally.verified += 1;
+                let key = (p.write.cpu, p.entry);
+                if tally.writes.keeps(key) {
+                    let record = self.record(p, after[wi]);
+                    tally.writes.push(key, record);
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Every present CPU, in groups, merged.
+    /// Read every register, decide, and (restoring) write and verify.
     fn run_all(
         &self,
         device: &dyn MsrDevice,
         present: &[(CpuId, usize)],
+        layout: &Layout,
     ) -> Result<Tally, DeviceError> {
-        let n = self.list.len().max(1);
-        if device.parallelism() == Parallelism::Batched {
-            let per_group = (BATCH_CHUNK_OPS / n).max(1);
-            let mut tally = Tally::new(self.list.len());
-            for group in present.chunks(per_group) {
-                tally = tally.merge(self.run_group(device, group)?);
+        let cpus: Vec<CpuId> = present.iter().map(|p| p.0).collect();
+        let current = Snapshot::take(device, Arc::clone(&self.list), &cpus)?;
+        let mut tally = self.plan(&current, layout, present);
+        match self.mode {
+            Mode::Restore { dry_run: true } => {
+                let pending = std::mem::take(&mut tally.pending);
+                tally.written += pending.len();
+                for p in &pending {
+                    let key = (p.write.cpu, p.entry);
+                    if tally.writes.keeps(key) {
+                        let record = self.record(p, p.write.new);
+                        tally.writes.push(key, record);
+                    }
+                }
             }
-            return Ok(tally);
+            Mode::Restore { dry_run: false } => {
+                self.write_and_verify(device, layout, &mut tally)?
+            }
+            Mode::Check { .. } => {}
         }
-        present
-            .par_chunks(1)
-            .map(|group| self.run_group(device, group))
-            .try_fold(
-                || Tally::new(self.list.len()),
-                |acc, t| t.map(|t| acc.merge(t)),
-            )
-            .try_reduce(|| Tally::new(self.list.len()), |a, b| Ok(a.merge(b)))
+        Ok(tally)
     }
 }
 
-/// Run ops of one group: pinned to their CPU on per-CPU kernel nodes, chunked on the batch device.
+/// Run ops: pinned to their CPU on per-CPU kernel nodes (ops grouped by CPU), chunked on the
+/// batch device.
 fn run(device: &dyn MsrDevice, ops: &mut [MsrOp]) -> Result<(), DeviceError> {
-    match device.parallelism() {
-        Parallelism::Batched => device::execute(device, ops),
-        _ => {
-            for group in ops.chunk_by_mut(|a, b| a.cpu == b.cpu) {
-                device::run_on_cpu(device, group)?;
-            }
-            Ok(())
-        }
-    }
+    device::execute(device, ops)
 }
 
 fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> Work<'a> {
@@ -566,15 +839,19 @@ fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> W
         .iter()
         .map(|e| saved.allowlist.index_of(e.addr).unwrap_or(0))
         .collect();
-    let masks = list
+    let masks: Vec<WriteMask> = list
         .entries()
         .iter()
         .zip(&saved_entry)
-        .map(|(e, &si)| match mode {
+        .map(|(e, &si)| e.mask.intersect(saved.entries()[si].mask))
+        .collect();
+    let drift_masks = masks
+        .iter()
+        .map(|&m| match mode {
             Mode::Check {
                 bits: DriftBits::All,
             } => WriteMask::ALL,
-            _ => e.mask.intersect(saved.entries()[si].mask),
+            _ => m,
         })
         .collect();
     let names = list.entries().iter().map(name_of).collect();
@@ -583,6 +860,7 @@ fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> W
         list,
         saved_entry,
         masks,
+        drift_masks,
         names,
         mode,
     }
@@ -590,20 +868,25 @@ fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> W
 
 /// Put back the write-masked bits of `saved` on the CPUs of `online` that it covers, verify them,
 /// and report what differed before (per MSR) and every register not restored.
+///
+/// `layout` says which CPUs share which register: a register shared by a domain is written once,
+/// from its first CPU, and verified on every CPU of it ([`Layout::per_thread`]: every register
+/// per CPU).
 pub fn restore(
     device: &dyn MsrDevice,
     saved: &Snapshot,
     current_allowlist: &Allowlist,
     online: &[CpuId],
+    layout: &Layout,
     dry_run: bool,
 ) -> Result<RestoreReport, DeviceError> {
     let (present, offline, new_cpus) = split_cpus(saved, online);
     let w = work(saved, current_allowlist, Mode::Restore { dry_run });
-    let mut t = w.run_all(device, &present)?;
+    let mut t = w.run_all(device, &present, layout)?;
     let (changed, _) = t.changes(&w);
     let mut failures: Vec<Finding> = offline.iter().map(|&c| Finding::offline(c)).collect();
     let failed = t.failed + failures.len();
-    failures.extend(t.failures);
+    failures.extend(t.failures.into_vec());
     failures.truncate(LISTED);
     Ok(RestoreReport {
         dry_run,
@@ -616,38 +899,43 @@ pub fn restore(
         offline_cpus: offline,
         new_cpus,
         mask_changes: plan::mask_changes(saved, current_allowlist),
-        writes: t.writes,
+        writes: t.writes.into_vec(),
         changed,
+        locked: t.locked.into_vec(),
+        inconsistent: t.inconsistent.into_vec(),
     })
 }
 
-/// Compare the node now with `saved`.
+/// Compare the node now with `saved`; a register shared by a domain is compared once for it.
 pub fn check(
     device: &dyn MsrDevice,
     saved: &Snapshot,
     current_allowlist: &Allowlist,
     online: &[CpuId],
+    layout: &Layout,
     bits: DriftBits,
 ) -> Result<CheckReport, DeviceError> {
     let (present, offline, new_cpus) = split_cpus(saved, online);
     let w = work(saved, current_allowlist, Mode::Check { bits });
-    let mut t = w.run_all(device, &present)?;
+    let mut t = w.run_all(device, &present, layout)?;
     let (changed, drifted_cpus) = t.changes(&w);
     let mut failures: Vec<Finding> = offline.iter().map(|&c| Finding::offline(c)).collect();
     let failed = t.failed + failures.len();
-    failures.extend(t.failures);
+    failures.extend(t.failures.into_vec());
     failures.truncate(LISTED);
     Ok(CheckReport {
         compared: t.compared,
         all_bits: bits == DriftBits::All,
         drifted: t.drifted,
         drifted_cpus,
-        drift: t.drift,
+        drift: t.drift.into_vec(),
         failed,
         failures,
         offline_cpus: offline,
         new_cpus,
         mask_changes: plan::mask_changes(saved, current_allowlist),
         changed,
+        locked: t.locked.into_vec(),
+        inconsistent: t.inconsistent.into_vec(),
     })
 }

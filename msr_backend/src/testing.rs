@@ -20,7 +20,9 @@
 //! A register never set reads 0. An MSR marked unsupported faults on rdmsr (and so on every write
 //! too, since msr-safe reads before it writes): `EIO`, nothing stored. Bits marked locked
 //! ([`FakeMachine::lock_bits`]) ignore writes, as firmware-locked bits do: the write succeeds and
-//! the bits keep their value.
+//! the bits keep their value. A register told shared ([`FakeMachine::share`],
+//! [`FakeMachine::share_as`]) is one register for each group of CPUs, as a package or core
+//! register is on the hardware: a write from one CPU of the group is what all of them read.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -31,7 +33,10 @@ use nix::errno::Errno;
 use crate::allowlist::{Allowlist, AllowlistEntry};
 use crate::device::batch::{msr_batch_op, op_errno, BatchIoctl, MSR_BATCH_ABI_VERSION};
 use crate::device::percpu::{CpuNodes, RegisterAccess};
-use crate::types::{CpuId, MsrAddr, WriteMask};
+use crate::msrs::lock::Lock;
+use crate::msrs::scope::{scope_of, Scope};
+use crate::topology::Topology;
+use crate::types::{CpuId, CpuIdentity, MsrAddr, WriteMask};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -161,10 +166,14 @@ struct MachineState {
     masks: HashMap<MsrAddr, WriteMask>,
     allowlist_mode: NodeMode,
     values: HashMap<(CpuId, MsrAddr), u64>,
+    /// Shared registers: per MSR, each CPU's group, named by the CPU whose slot holds it.
+    shared: HashMap<MsrAddr, HashMap<CpuId, CpuId>>,
     /// `(None, addr)`: unsupported on every CPU; `(Some(cpu), addr)`: on that CPU only.
     unsupported: HashSet<(Option<CpuId>, MsrAddr)>,
     /// Bits that ignore writes, per MSR.
     locked: HashMap<MsrAddr, u64>,
+    /// Lock bits: while set in a register, the bits they lock ignore writes.
+    locks: HashMap<MsrAddr, Lock>,
     batch: BatchState,
     nodes: NodesState,
     writes: Vec<WriteRecord>,
@@ -184,15 +193,31 @@ impl MachineState {
         }
     }
 
+    /// The CPU whose slot holds `cpu`'s register `addr` (itself unless the register is shared).
+    fn holder(&self, cpu: CpuId, addr: MsrAddr) -> CpuId {
+        self.shared
+            .get(&addr)
+            .and_then(|g| g.get(&cpu))
+            .copied()
+            .unwrap_or(cpu)
+    }
+
     fn get(&self, cpu: CpuId, addr: MsrAddr) -> u64 {
+        let cpu = self.holder(cpu, addr);
         self.values.get(&(cpu, addr)).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, cpu: CpuId, addr: MsrAddr, value: u64) {
+        let cpu = self.holder(cpu, addr);
+        self.values.insert((cpu, addr), value);
     }
 
     /// wrmsr of `new` over `old`: locked bits keep their value.
     fn wrmsr(&mut self, cpu: CpuId, addr: MsrAddr, old: u64, new: u64) -> u64 {
-        let locked = self.locked.get(&addr).copied().unwrap_or(0);
+        let locked = self.locked.get(&addr).copied().unwrap_or(0)
+            | self.locks.get(&addr).map_or(0, |l| l.held(old));
         let stored = (new & !locked) | (old & locked);
-        self.values.insert((cpu, addr), stored);
+        self.set(cpu, addr, stored);
         stored
     }
 
@@ -391,8 +416,10 @@ impl FakeMachine {
                 masks: HashMap::new(),
                 allowlist_mode: NodeMode::ROOT_ONLY,
                 values: HashMap::new(),
+                shared: HashMap::new(),
                 unsupported: HashSet::new(),
                 locked: HashMap::new(),
+                locks: HashMap::new(),
                 batch: BatchState {
                     abi_major: 1,
                     ..BatchState::default()
@@ -485,13 +512,53 @@ impl FakeMachine {
         self.with(|s| s.locked.insert(addr, bits));
     }
 
+    /// `addr` has a lock bit: while a CPU's register has it set, the bits it locks ignore
+    /// writes there ("all write attempts are ignored until next RESET"); the write succeeds.
+    pub fn lock_register(&self, addr: MsrAddr, lock: Lock) {
+        self.with(|s| s.locks.insert(addr, lock));
+    }
+
+    /// Set a register (of its whole group, if shared).
     pub fn set_register(&self, cpu: CpuId, addr: MsrAddr, value: u64) {
-        self.with(|s| s.values.insert((cpu, addr), value));
+        self.with(|s| s.set(cpu, addr, value));
     }
 
     /// The register's value (0 if never set).
     pub fn register(&self, cpu: CpuId, addr: MsrAddr) -> u64 {
         self.with(|s| s.get(cpu, addr))
+    }
+
+    /// `addr` is one register per group of `groups` (each group's first CPU's value stands):
+    /// a write from any CPU of a group is read by all of them.
+    pub fn share(&self, addr: MsrAddr, groups: &[Vec<CpuId>]) {
+        self.with(|s| {
+            let map = s.shared.entry(addr).or_default();
+            for g in groups {
+                if let Some(&first) = g.first() {
+                    for &c in g {
+                        map.insert(c, first);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Share every register of `list` that the MSR table gives a scope larger than a thread on
+    /// a CPU of `cpu`'s model, per the domains of `topology`: the machine then behaves as such a
+    /// node's hardware does.
+    pub fn share_as(&self, list: &Allowlist, topology: &Topology, cpu: &CpuIdentity) {
+        for e in list.entries() {
+            let scope = scope_of(Some(cpu), e.addr);
+            if scope == Scope::Thread {
+                continue;
+            }
+            let groups: Vec<Vec<CpuId>> = topology
+                .split(scope, topology.cpus())
+                .into_iter()
+                .map(|(_, cpus)| cpus)
+                .collect();
+            self.share(e.addr, &groups);
+        }
     }
 
     /// Hotplug between calls.
@@ -1202,6 +1269,39 @@ mod tests {
         let mut ops = [write(0, 0x610, 0x1234)];
         assert_eq!(m.batch().msr_batch(&mut ops), Ok(()));
         assert_eq!(m.register(CpuId(0), MsrAddr(0x610)), (1 << 63) | 0x1234);
+        // A lock bit holds its register only while it is set.
+        let m = FakeMachine::new([0, 1]);
+        m.allow(MsrAddr(0x610), WriteMask::ALL);
+        m.lock_register(
+            MsrAddr(0x610),
+            Lock {
+                bit: 63,
+                locks: u64::MAX,
+            },
+        );
+        m.set_register(CpuId(0), MsrAddr(0x610), 1 << 63 | 5);
+        let mut ops = [write(0, 0x610, 7), write(1, 0x610, 7)];
+        assert_eq!(m.batch().msr_batch(&mut ops), Ok(()));
+        assert_eq!(m.register(CpuId(0), MsrAddr(0x610)), 1 << 63 | 5);
+        assert_eq!(m.register(CpuId(1), MsrAddr(0x610)), 7);
+    }
+
+    #[test]
+    fn a_shared_register_is_one_register_for_its_cpus() {
+        let m = FakeMachine::new(0..4);
+        m.allow(MsrAddr(0x610), WriteMask::ALL);
+        m.share(
+            MsrAddr(0x610),
+            &[vec![CpuId(0), CpuId(2)], vec![CpuId(1), CpuId(3)]],
+        );
+        let mut ops = [write(2, 0x610, 0x1234)];
+        assert_eq!(m.batch().msr_batch(&mut ops), Ok(()));
+        assert_eq!(m.register(CpuId(0), MsrAddr(0x610)), 0x1234);
+        assert_eq!(m.register(CpuId(1), MsrAddr(0x610)), 0);
+        let mut f = m.cpu_nodes(Flavour::MsrSafe).open(CpuId(3), true).unwrap();
+        f.write(MsrAddr(0x610), 0x99).unwrap();
+        assert_eq!(m.register(CpuId(1), MsrAddr(0x610)), 0x99);
+        assert_eq!(m.register(CpuId(2), MsrAddr(0x610)), 0x1234);
     }
 
     #[test]

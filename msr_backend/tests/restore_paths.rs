@@ -14,10 +14,16 @@ use msr_backend::plan::DriftBits;
 use msr_backend::restore::{check, restore};
 use msr_backend::snapshot::Snapshot;
 use msr_backend::testing::{allowlist_of, FakeMachine, Flavour};
+use msr_backend::topology::Layout;
 use msr_backend::{CpuId, MsrAddr};
 use nix::errno::Errno;
 
 const LIST: &[(u32, u64)] = &[(0x10, 0), (0x199, 0xffff), (0x610, u64::MAX)];
+
+/// Every register per CPU: no topology, no CPU model.
+fn flat(cpus: &[CpuId]) -> Layout {
+    Layout::per_thread(cpus)
+}
 
 fn cpus(n: u32) -> Vec<CpuId> {
     (0..n).map(CpuId).collect()
@@ -65,7 +71,15 @@ fn a_clean_restore_reports_what_the_job_changed_per_msr() {
         let dev = &devices(&m, &list)[kind];
         let saved = Snapshot::take(dev.as_ref(), list.clone(), &cpus(4)).unwrap();
         job(&m, 4);
-        let r = restore(dev.as_ref(), &saved, &list, &cpus(4), false).unwrap();
+        let r = restore(
+            dev.as_ref(),
+            &saved,
+            &list,
+            &cpus(4),
+            &flat(&cpus(4)),
+            false,
+        )
+        .unwrap();
         assert!(r.ok(), "{r:?}");
         assert_eq!((r.written, r.verified), (8, 8));
         let changed: Vec<_> = r
@@ -80,7 +94,15 @@ fn a_clean_restore_reports_what_the_job_changed_per_msr() {
                 (MsrAddr(0x610), 4, "0-3", 0xff)
             ]
         );
-        let c = check(dev.as_ref(), &saved, &list, &cpus(4), DriftBits::Writable).unwrap();
+        let c = check(
+            dev.as_ref(),
+            &saved,
+            &list,
+            &cpus(4),
+            &flat(&cpus(4)),
+            DriftBits::Writable,
+        )
+        .unwrap();
         assert!(c.clean(), "{c:?}");
     }
 }
@@ -93,7 +115,7 @@ fn a_refused_write_is_a_write_failure_and_still_drifted() {
     let saved = Snapshot::take(&dev, list.clone(), &cpus(2)).unwrap();
     job(&m, 2);
     nodes.deny_writes(Some(Errno::EPERM));
-    let r = restore(&dev, &saved, &list, &cpus(2), false).unwrap();
+    let r = restore(&dev, &saved, &list, &cpus(2), &flat(&cpus(2)), false).unwrap();
     assert_eq!((r.failed, r.written, r.verified), (4, 0, 0));
     assert!(r.failures.iter().all(|f| f.problem
         == Problem::Failed {
@@ -113,7 +135,7 @@ fn a_read_back_that_fails_is_a_verify_failure() {
     // CPU 1 goes offline after the reads of its 2 writable MSRs and their 2 writes (msr_safe
     // reads before each write: 2 node ops a write), before the read-back.
     nodes.offline_after(CpuId(1), 2 + 2 * 2);
-    let r = restore(&dev, &saved, &list, &cpus(2), false).unwrap();
+    let r = restore(&dev, &saved, &list, &cpus(2), &flat(&cpus(2)), false).unwrap();
     let verify: Vec<_> = r
         .failures
         .iter()
@@ -138,7 +160,15 @@ fn a_locked_bit_that_does_not_hold_is_a_mismatch() {
         let saved = Snapshot::take(dev.as_ref(), list.clone(), &cpus(1)).unwrap();
         job(&m, 1);
         m.lock_bits(MsrAddr(0x610), 0x1);
-        let r = restore(dev.as_ref(), &saved, &list, &cpus(1), false).unwrap();
+        let r = restore(
+            dev.as_ref(),
+            &saved,
+            &list,
+            &cpus(1),
+            &flat(&cpus(1)),
+            false,
+        )
+        .unwrap();
         assert_eq!(r.failed, 1, "{r:?}");
         match r.failures[0].problem {
             Problem::Mismatch { bits, .. } => assert_eq!(bits, 0x1),
@@ -161,7 +191,7 @@ fn unreadable_now_offline_and_unreadable_at_save_are_told_apart() {
         m.set_unsupported(Some(CpuId(1)), MsrAddr(0x199));
         m.set_online(CpuId(2), false);
         let online = cpus(2);
-        let r = restore(dev.as_ref(), &saved, &list, &online, false).unwrap();
+        let r = restore(dev.as_ref(), &saved, &list, &online, &flat(&online), false).unwrap();
         assert_eq!(r.unreadable_at_save, 1);
         assert_eq!(r.offline_cpus, [CpuId(2)]);
         let codes: Vec<_> = r
@@ -176,7 +206,15 @@ fn unreadable_now_offline_and_unreadable_at_save_are_told_apart() {
                 (CpuId(1), Some(Stage::Read), "EIO".to_string())
             ]
         );
-        let c = check(dev.as_ref(), &saved, &list, &online, DriftBits::Writable).unwrap();
+        let c = check(
+            dev.as_ref(),
+            &saved,
+            &list,
+            &online,
+            &flat(&online),
+            DriftBits::Writable,
+        )
+        .unwrap();
         assert_eq!(c.failed, 2, "{c:?}");
     }
 }
@@ -189,11 +227,19 @@ fn reports_list_a_bounded_number_of_registers_but_count_them_all() {
     let dev = BatchDevice::new(m.batch(), list.clone());
     let saved = Snapshot::take(&dev, list.clone(), &cpus(n)).unwrap();
     job(&m, n);
-    let c = check(&dev, &saved, &list, &cpus(n), DriftBits::Writable).unwrap();
+    let c = check(
+        &dev,
+        &saved,
+        &list,
+        &cpus(n),
+        &flat(&cpus(n)),
+        DriftBits::Writable,
+    )
+    .unwrap();
     assert_eq!(c.drifted, 2 * n as usize);
     assert_eq!(c.drift.len(), LISTED);
     assert_eq!(c.drifted_cpus, n as usize);
-    let r = restore(&dev, &saved, &list, &cpus(n), false).unwrap();
+    let r = restore(&dev, &saved, &list, &cpus(n), &flat(&cpus(n)), false).unwrap();
     assert_eq!(r.written, 2 * n as usize);
     assert_eq!(r.writes.len(), LISTED);
     assert!(r.ok());

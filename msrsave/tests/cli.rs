@@ -518,6 +518,7 @@ fn check_prometheus_textfile_clean_and_drifted() {
     assert!(text.contains("msr_restore_check_clean{"), "{text}");
     assert!(text.contains("msr_restore_drift_registers{"), "{text}");
     assert!(!text.contains("msr_restore_drift_msr_cpus"), "{text}");
+    assert!(!text.contains("msr_restore_drift_msr_domains"), "{text}");
 
     n.poke(1, 0x199, n.peek(1, 0x199) ^ 0xff);
     n.poke(3, 0x199, n.peek(3, 0x199) ^ 0xff);
@@ -536,4 +537,126 @@ fn check_prometheus_textfile_clean_and_drifted() {
         text.contains("# TYPE msr_restore_drift_msr_cpus gauge"),
         "{text}"
     );
+}
+
+/// On a 2-socket node (2 packages x 2 cores x 2 threads, Sapphire Rapids) a package register is
+/// one register per package: `check` lists it once per package (JSON and Prometheus) and
+/// `restore` writes it once per package, and every CPU of the package holds it again.
+#[test]
+fn package_registers_are_checked_and_restored_once_per_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let list = base.join("list");
+    std::fs::write(&list, LIST).unwrap();
+    let root = base.join("node");
+    let o = msrsave(&[
+        "emulate",
+        root.to_str().unwrap(),
+        "--cpus",
+        "8",
+        "--packages",
+        "2",
+        "--threads-per-core",
+        "2",
+        "--cpu-model",
+        "06_8F",
+        "--allowlist",
+        list.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 0);
+    let n = Node {
+        _dir: dir,
+        root,
+        base,
+    };
+    let snap = n.path("snap.msr");
+    let j = json_of(&n.run(&["--json", "save", &snap]));
+    assert_eq!(j["topology"].as_str(), Some("2 packages, 8 CPUs"), "{j}");
+    let saved = files_of(&n, 8);
+    // The job lowers the power limit: one register per package, so every CPU of each package
+    // reads the new value; and changes IA32_PERF_CTL on CPU 2 alone.
+    for c in 0..8 {
+        let v = n.peek(c, 0x610);
+        n.poke(c, 0x610, v ^ 0xff);
+    }
+    n.poke(2, 0x199, n.peek(2, 0x199) ^ 0xff);
+    let prom = n.path("msr.prom");
+    let o = n.run(&["--json", "check", &snap, "--prometheus", &prom]);
+    assert_exit(&o, 1);
+    let j = json_of(&o);
+    let drift: Vec<(String, String, u64)> = j["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["msr"].as_str().unwrap().to_string(),
+                d["domain"].as_str().unwrap().to_string(),
+                d["cpu"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        drift,
+        [
+            ("0x00000610".to_string(), "package 0".to_string(), 0),
+            ("0x00000199".to_string(), "CPU 2".to_string(), 2),
+            ("0x00000610".to_string(), "package 1".to_string(), 2),
+        ],
+        "in (CPU, MSR) order, a package register at the CPU it was read from"
+    );
+    assert_eq!(j["drift"][0]["scope"], "package");
+    assert_eq!(
+        (j["drifted"].as_u64(), j["drifted_cpus"].as_u64()),
+        (Some(3), Some(8))
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("msr_restore_drift_msr_domains{snapshot=")
+            && metrics.contains(
+                "msr=\"0x00000610\",msr_name=\"MSR_PKG_POWER_LIMIT\",scope=\"package\"} 2\n"
+            ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("msr=\"0x00000610\",msr_name=\"MSR_PKG_POWER_LIMIT\"} 8\n"),
+        "CPUs per MSR stay: {metrics}"
+    );
+    assert!(
+        metrics.contains("msr_restore_drift_registers{"),
+        "{metrics}"
+    );
+    let text = String::from_utf8_lossy(&n.run(&["check", &snap]).stdout).into_owned();
+    assert!(
+        text.contains("DRIFT package 1 MSR 0x00000610 (MSR_PKG_POWER_LIMIT): expected"),
+        "{text}"
+    );
+
+    let o = n.run(&["--json", "restore", &snap]);
+    assert_exit(&o, 0);
+    let j = json_of(&o);
+    assert_eq!(
+        (j["written"].as_u64(), j["verified"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let writes: Vec<(String, String)> = j["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["msr"].as_str().unwrap().to_string(),
+                w["domain"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            ("0x00000610".to_string(), "package 0".to_string()),
+            ("0x00000199".to_string(), "CPU 2".to_string()),
+            ("0x00000610".to_string(), "package 1".to_string()),
+        ]
+    );
+    assert_eq!(files_of(&n, 8), saved, "every register file is back");
 }

@@ -534,6 +534,9 @@ class FailureTests(NodeTestCase):
         res = self.run_hook("execjob_end", "409.pbs", cfg, vnodes=vnodes, in_ms_mom=False)
         self.assertAccepted(res)
         self.assertOffline(res, "node2", contains="IA32_PERF_CTL")
+        # A register a package shares is named with its package, once.
+        self.assertOffline(res, "node2",
+                           contains="package 1 (CPU 56) MSR 0x00000610 (MSR_PKG_POWER_LIMIT)")
         self.assertOffline(res, "node2[1]")
         self.assertUntouched(res, "node1")
         self.assertUntouched(res, "node20")

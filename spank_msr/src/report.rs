@@ -124,7 +124,10 @@ mod tests {
     use msr_backend::device::OpError;
     use msr_backend::finding::{Finding, Problem};
     use msr_backend::jobs::SnapshotSummary;
-    use msr_backend::{CpuId, MsrAddr};
+    use msr_backend::msrs::scope::Scope;
+    use msr_backend::restore::MsrChange;
+    use msr_backend::topology::Where;
+    use msr_backend::{CpuId, Hex64, MsrAddr};
 
     #[test]
     fn lines_say_what_happened() {
@@ -156,6 +159,7 @@ mod tests {
         let s = RestoreSummary {
             drift: vec![Finding {
                 cpu: CpuId(1),
+                at: Where::Cpu(CpuId(1)),
                 msr: Some(MsrAddr(0x199)),
                 name: Some("IA32_PERF_CTL".into()),
                 problem: Problem::Mismatch {
@@ -169,6 +173,51 @@ mod tests {
         let m = drift_message("5", &s);
         assert!(m.contains("CPU 1 MSR 0x00000199 (IA32_PERF_CTL)"), "{m}");
         let _ = OpError::NotAllowlisted;
+    }
+
+    /// A register a package shares is named once for the package, in the drain reason and in
+    /// what the job changed.
+    #[test]
+    fn package_registers_are_named_once_per_package() {
+        let pl = |package: u32, cpu: u32| Finding {
+            cpu: CpuId(cpu),
+            at: Where::Package(package),
+            msr: Some(MsrAddr(0x610)),
+            name: Some("MSR_PKG_POWER_LIMIT".into()),
+            problem: Problem::Mismatch {
+                wrote: 0x10,
+                read: 0x20,
+                bits: 0x30,
+            },
+        };
+        let s = RestoreSummary {
+            drift: vec![pl(1, 57)],
+            changed: vec![MsrChange {
+                msr: MsrAddr(0x610),
+                name: Some("MSR_PKG_POWER_LIMIT".into()),
+                cpus: 224,
+                cpu_list: "0-223".into(),
+                bits: Hex64(0xff),
+                scope: Scope::Package,
+                domains: 2,
+                packages: "0-1".into(),
+            }],
+            ..Default::default()
+        };
+        let reason = drain_reason(&drift_message("9", &s));
+        assert!(
+            reason.contains(
+                "1 register(s) differ from the snapshot after the restore: package 1 (CPU 57) MSR 0x00000610 (MSR_PKG_POWER_LIMIT): verify failed"
+            ),
+            "{reason}"
+        );
+        let changed = changed_line("9", &s).expect("a change");
+        assert!(
+            changed.ends_with(
+                "MSR 0x00000610 MSR_PKG_POWER_LIMIT on packages 0-1 (224 CPUs), bits 0x00000000000000ff"
+            ),
+            "{changed}"
+        );
     }
 
     #[test]

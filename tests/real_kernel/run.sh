@@ -22,7 +22,7 @@ CACHE=${MSR_TEST_CACHE:-/var/cache/msr-restore-tests}
 LOGS=${MSR_TEST_LOGS:-$REPO/target/real_kernel-logs}
 BOOT_TIMEOUT=${MSR_TEST_TIMEOUT:-90}
 TRIPLE=x86_64-unknown-linux-gnu
-ALL_SCENARIOS=(driver save drift refuse hotplug audit)
+ALL_SCENARIOS=(driver save drift refuse hotplug audit topology)
 
 log() { printf 'real_kernel: %s\n' "$*" >&2; }
 die() { printf 'real_kernel: error: %s\n' "$*" >&2; exit 2; }
@@ -95,10 +95,18 @@ for s in "${scenarios[@]}"; do
     console=$LOGS/$s.console.log
     rm -f "$out" "$console"
     log "boot: $s"
+    # The topology scenario needs 2 sockets of 2-thread cores and an Intel family-6 identity (the
+    # MSR table's scopes are per vendor and family); the others run on 4 plain CPUs.
+    cpu=max
+    smp=4
+    if [ "$s" = topology ]; then
+        cpu=max,vendor=GenuineIntel,family=6,model=143
+        smp=8,sockets=2,cores=2,threads=2
+    fi
     t0=$(now)
     set +e
     timeout -k 5 "$BOOT_TIMEOUT" qemu-system-x86_64 \
-        -no-user-config -nodefaults -accel tcg -cpu max -smp 4 -m 512M \
+        -no-user-config -nodefaults -accel tcg -cpu "$cpu" -smp "$smp" -m 512M \
         -display none -monitor none -nic none -no-reboot \
         -serial "file:$console" -serial stdio \
         -kernel "$kernel" -initrd "$work/initrd.cpio" \

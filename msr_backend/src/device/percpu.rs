@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use super::guard::{CheckedKind, Guard};
 use super::{BackendKind, DeviceError, MsrDevice, MsrOp, OpError, OpKind, Parallelism};
 use crate::allowlist::Allowlist;
+use crate::emulate::Sharing;
 use crate::node::Node;
 use crate::types::{CpuId, MsrAddr};
 
@@ -103,6 +104,13 @@ impl RegisterAccess for NodeFile {
     }
 
     fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        self.write_shared(addr, value)
+    }
+}
+
+impl NodeFile {
+    /// A write through a shared handle (pwrite needs no exclusive access).
+    fn write_shared(&self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
         let n = nix::sys::uio::pwrite(
             &self.file,
             &value.to_le_bytes(),
@@ -121,6 +129,38 @@ pub struct FsCpuNodes {
     node: Node,
     leaf: &'static str,
     kernel: bool,
+    /// An emulated node's shared registers (see [`crate::emulate`]).
+    sharing: Option<Arc<Siblings>>,
+}
+
+/// What a write to a shared register of an emulated node needs: which CPUs share it, and their
+/// register files, opened once (a restore writes a package register to every file of the
+/// package).
+struct Siblings {
+    sharing: Sharing,
+    node: Node,
+    leaf: &'static str,
+    files: std::sync::Mutex<std::collections::HashMap<CpuId, Arc<NodeFile>>>,
+}
+
+impl Siblings {
+    /// The register files of `cpus`, opened for writing (once per device).
+    fn files(&self, cpus: &[CpuId]) -> Result<Vec<Arc<NodeFile>>, Errno> {
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cpus.iter()
+            .map(|&cpu| {
+                if let Some(f) = files.get(&cpu) {
+                    return Ok(Arc::clone(f));
+                }
+                let f = Arc::new(NodeFile::open(&self.node.cpu_node(cpu, self.leaf), true)?);
+                files.insert(cpu, Arc::clone(&f));
+                Ok(f)
+            })
+            .collect()
+    }
 }
 
 impl FsCpuNodes {
@@ -128,16 +168,66 @@ impl FsCpuNodes {
     /// first CPU's node.
     pub fn new(node: Node, leaf: &'static str, probe_cpu: CpuId) -> FsCpuNodes {
         let kernel = crate::node::is_char_device(&node.cpu_node(probe_cpu, leaf));
-        FsCpuNodes { node, leaf, kernel }
+        let sharing = if kernel {
+            None
+        } else {
+            Sharing::load(&node).map(|sharing| {
+                Arc::new(Siblings {
+                    sharing,
+                    node: node.clone(),
+                    leaf,
+                    files: Default::default(),
+                })
+            })
+        };
+        FsCpuNodes {
+            node,
+            leaf,
+            kernel,
+            sharing,
+        }
+    }
+}
+
+/// An emulated register file whose shared registers are written into the files of the CPUs
+/// that share them too, as the hardware holds one register for them.
+struct SharedFile {
+    file: NodeFile,
+    cpu: CpuId,
+    siblings: Arc<Siblings>,
+}
+
+impl RegisterAccess for SharedFile {
+    fn read(&mut self, addr: MsrAddr) -> Result<u64, Errno> {
+        self.file.read(addr)
+    }
+
+    fn write(&mut self, addr: MsrAddr, value: u64) -> Result<(), Errno> {
+        self.file.write(addr, value)?;
+        let others = self.siblings.sharing.siblings(self.cpu, addr);
+        if others.is_empty() {
+            return Ok(());
+        }
+        for f in self.siblings.files(&others)? {
+            f.write_shared(addr, value)?;
+        }
+        Ok(())
     }
 }
 
 impl CpuNodes for FsCpuNodes {
     fn open(&self, cpu: CpuId, writable: bool) -> Result<Box<dyn RegisterAccess>, Errno> {
-        Ok(Box::new(NodeFile::open(
-            &self.node.cpu_node(cpu, self.leaf),
-            writable,
-        )?))
+        let file = NodeFile::open(&self.node.cpu_node(cpu, self.leaf), writable)?;
+        Ok(match &self.sharing {
+            Some(sharing) if writable && file.addressing == Addressing::Emulated => {
+                Box::new(SharedFile {
+                    file,
+                    cpu,
+                    siblings: Arc::clone(sharing),
+                })
+            }
+            _ => Box::new(file),
+        })
     }
 
     fn kernel_devices(&self) -> bool {

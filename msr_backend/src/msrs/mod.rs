@@ -8,10 +8,13 @@
 //! APERF and MPERF, which a restore must never write back): the allowlist lint warns about a
 //! write mask on one of those.
 
-use crate::types::MsrAddr;
-
 pub mod fields;
+pub mod lock;
 pub mod models;
+pub mod order;
+pub mod scope;
+
+use crate::types::MsrAddr;
 
 /// One row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,7 +22,9 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{AllowlistRecord, SaveFile, SaveFileError, SaveMeta, FORMAT_NAME, SAVE_FILE_MODE};
+use super::{
+    AllowlistRecord, LockState, SaveFile, SaveFileError, SaveMeta, FORMAT_NAME, SAVE_FILE_MODE,
+};
 use crate::device::{BackendKind, OpError};
 use crate::fsio;
 use crate::snapshot::Snapshot;
@@ -76,6 +78,9 @@ struct Header {
     allowlist: AllowlistRecord,
     /// The CPUs, in the kernel's list syntax; one table row each, in this order.
     cpus: String,
+    /// Lock bits set at save time; optional (files without it are version 2 as well).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    locked: Vec<LockState>,
 }
 
 /// A hasher for outcomes as u64 pairs: the keys are register values, not attacker-chosen.
@@ -162,6 +167,7 @@ pub fn write(file: &SaveFile, out: &mut impl Write) -> std::io::Result<()> {
         msr_safe: m.msr_safe.clone(),
         allowlist: AllowlistRecord::of(&s.allowlist),
         cpus: format_cpu_list(&s.cpus),
+        locked: m.locked.clone(),
     };
     let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     let header_len = u32::try_from(header.len())
@@ -415,6 +421,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<SaveFile, SaveFileError> {
         kernel: header.kernel,
         backend: header.backend,
         msr_safe: header.msr_safe,
+        locked: header.locked,
     };
     Ok(SaveFile {
         meta,
@@ -513,6 +520,28 @@ mod tests {
         longer.extend_from_slice(&[0; DIGEST_BYTES]);
         let e = parse(&reseal(longer), p).unwrap_err().to_string();
         assert!(e.contains("2 bytes after the table"), "{e}");
+    }
+
+    #[test]
+    fn lock_states_round_trip_and_files_without_them_stay_byte_identical() {
+        let plain = sample();
+        let b = bytes_of(&plain);
+        let header = &b[PREFIX_BYTES..PREFIX_BYTES + header_len(&b).unwrap() as usize];
+        assert!(
+            !String::from_utf8_lossy(header).contains("locked"),
+            "no lock, no field: the header is what earlier version-2 writers wrote"
+        );
+        let mut locked = sample();
+        locked.meta.locked = vec![LockState {
+            msr: crate::types::MsrAddr(0x610),
+            lock_bit: 63,
+            scope: crate::msrs::scope::Scope::Package,
+            domains: vec!["package 0".into(), "package 1".into()],
+            cpus: "0-3".into(),
+        }];
+        let back = parse(&bytes_of(&locked), Path::new("x")).unwrap();
+        assert_eq!(back.meta.locked, locked.meta.locked);
+        assert_eq!(back.meta, locked.meta);
     }
 
     #[test]

@@ -89,7 +89,29 @@ pub struct SaveMeta {
     pub backend: BackendKind,
     /// msr-safe's version, if it was loaded.
     pub msr_safe: Option<String>,
+    /// Registers whose lock bit was set when the snapshot was taken, per MSR (absent from
+    /// files written before locks were known, and when none was set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<LockState>,
 }
+
+/// An MSR whose lock bit was set at save time, and where.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockState {
+    pub msr: MsrAddr,
+    pub lock_bit: u8,
+    /// The register's scope: one lock per CPU, core, die or package.
+    pub scope: crate::msrs::scope::Scope,
+    /// The domains whose lock bit was set (`package 0`, `package 1`, or `CPU 0`...), the first
+    /// 64 of them; `cpus` covers them all.
+    pub domains: Vec<String>,
+    /// The CPUs of those domains (kernel list syntax).
+    pub cpus: String,
+}
+
+/// How many domains a [`LockState`] names one by one.
+pub const LOCK_DOMAINS_LISTED: usize = 64;
 
 impl SaveMeta {
     pub fn now(
@@ -106,6 +128,7 @@ impl SaveMeta {
             kernel,
             backend,
             msr_safe: None,
+            locked: Vec::new(),
         }
     }
 }
@@ -184,7 +207,7 @@ pub struct SaveFile {
 #[derive(Clone, Debug)]
 pub enum Loaded {
     /// One of our formats: complete, checked against its checksum.
-    Ours(SaveFile),
+    Ours(Box<SaveFile>),
     /// Not ours, and its size is a whole number of 64-bit values: maybe LLNL msrsave's raw
     /// format, which only the node's loaded allowlist and online CPUs can interpret
     /// ([`llnl::RawFile::fit`]).
@@ -227,7 +250,7 @@ impl SaveFile {
     /// [`load`]).
     pub fn load(path: &Path) -> Result<SaveFile, SaveFileError> {
         match load(path, Origin::Named)? {
-            Loaded::Ours(f) => Ok(f),
+            Loaded::Ours(f) => Ok(*f),
             Loaded::LlnlRaw(raw) => Err(raw.not_ours_error()),
         }
     }
@@ -248,7 +271,7 @@ impl SaveFile {
     /// Parse save-file bytes of ours; `path` is only used in messages.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<SaveFile, SaveFileError> {
         match parse(bytes, path)? {
-            Loaded::Ours(f) => Ok(f),
+            Loaded::Ours(f) => Ok(*f),
             Loaded::LlnlRaw(raw) => Err(raw.not_ours_error()),
         }
     }
@@ -363,8 +386,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Loaded, SaveFileError> {
         ));
     }
     match detect(bytes) {
-        Detected::Compact => compact::parse(bytes, path).map(Loaded::Ours),
-        Detected::Json => json::parse(bytes, path).map(Loaded::Ours),
+        Detected::Compact => compact::parse(bytes, path).map(|f| Loaded::Ours(Box::new(f))),
+        Detected::Json => json::parse(bytes, path).map(|f| Loaded::Ours(Box::new(f))),
         Detected::Other => llnl::RawFile::from_bytes(bytes, path).map(Loaded::LlnlRaw),
     }
 }

@@ -131,9 +131,10 @@ fn job_changes(cpus: u32) -> Vec<(CpuId, MsrAddr, u64)> {
         (CpuId(0), MsrAddr(0x199), 0x0000_0000_0000_2700),
         // Energy/performance bias to "performance".
         (last, MsrAddr(0x1B0), 0x0),
-        // A power limit, changing writable and read-only bits alike (a kernel with msr-safe
-        // would only let the job change the writable ones; the register file lets it do both).
-        (CpuId(0), MsrAddr(0x610), 0xFF00_0000_FF00_0123),
+        // A power limit, one register of the package: changing writable and read-only bits
+        // alike (a kernel with msr-safe would only let the job change the writable ones; the
+        // register file lets it do both), but not the lock bit 63, which only firmware sets.
+        (CpuId(0), MsrAddr(0x610), 0x7F00_0000_FF00_0123),
     ]
 }
 
@@ -253,7 +254,9 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<DemoReport> {
     for &(cpu, addr, value) in &changes {
         let old = emulate::peek(&node_dir, cpu, addr)?;
         before.push(old);
-        emulate::poke(&node_dir, cpu, addr, value)?;
+        // As the hardware would take it: a package register changes for every CPU of the
+        // package.
+        emulate::poke_shared(&node_dir, cpu, addr, value)?;
         line(
             &mut h,
             format!(
@@ -290,8 +293,12 @@ pub fn demo(cpus: u32, keep: Option<&Path>) -> Result<DemoReport> {
         line(
             &mut h,
             format!(
-                "     CPU {} MSR {}{}: {} -> {} (mask {})",
-                w.cpu,
+                "     {} MSR {}{}: {} -> {} (mask {})",
+                if w.scope == msr_backend::msrs::scope::Scope::Thread {
+                    format!("CPU {}", w.cpu)
+                } else {
+                    format!("{} (CPU {})", w.domain, w.cpu)
+                },
                 w.msr,
                 w.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
                 w.before,

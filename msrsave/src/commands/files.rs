@@ -72,6 +72,18 @@ impl Report for ShowReport {
                 m.msr_safe.as_deref().unwrap_or("-")
             ),
         );
+        for l in &m.locked {
+            line(
+                &mut h,
+                format!(
+                    "  locked at save: MSR {} (bit {}) on {} (CPUs {})",
+                    l.msr,
+                    l.lock_bit,
+                    l.domains.join(", "),
+                    l.cpus
+                ),
+            );
+        }
         let writable = self.msrs.iter().filter(|r| r.mask.is_writable()).count();
         line(
             &mut h,

@@ -5,7 +5,9 @@ use msr_backend::allowlist::select_allowlist;
 use msr_backend::device::select::Skipped;
 use msr_backend::device::BackendKind;
 use msr_backend::error::chain;
+use msr_backend::msrs::scope::Scope;
 use msr_backend::node::hostname;
+use msr_backend::topology::Topology;
 use msr_backend::types::{format_cpu_list, CpuIdentity};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -33,6 +35,39 @@ pub struct BackendInfo {
     pub error: Option<String>,
 }
 
+/// One domain of the topology.
+#[derive(Serialize, JsonSchema)]
+pub struct DomainInfo {
+    /// `package 0`, `package 1 core 3`, ...
+    pub domain: String,
+    /// Its CPUs (kernel list syntax).
+    pub cpus: String,
+}
+
+/// Which CPUs share a package, a die and a core, as msrsave reads the node's sysfs: what a
+/// restore writes a shared register once for.
+#[derive(Serialize, JsonSchema)]
+pub struct TopologyInfo {
+    /// `2 packages, 112 cores, 224 CPUs`.
+    pub summary: String,
+    pub packages: Vec<DomainInfo>,
+    /// Dies, where a package has several.
+    pub dies: Vec<DomainInfo>,
+    pub cores: Vec<DomainInfo>,
+    /// Levels that could not be read (every CPU its own domain there), and why.
+    pub notes: Vec<String>,
+}
+
+fn domains(t: &Topology, scope: Scope) -> Vec<DomainInfo> {
+    t.domains(scope)
+        .into_iter()
+        .map(|(at, cpus)| DomainInfo {
+            domain: at.to_string(),
+            cpus: format_cpu_list(&cpus),
+        })
+        .collect()
+}
+
 /// `info`: the node as msrsave sees it.
 #[derive(Serialize, JsonSchema)]
 pub struct InfoReport {
@@ -40,6 +75,7 @@ pub struct InfoReport {
     pub root: String,
     pub cpu: Option<CpuIdentity>,
     pub online_cpus: Option<String>,
+    pub topology: Option<TopologyInfo>,
     pub kernel: Option<String>,
     pub msr_safe: Option<String>,
     pub lockdown: Option<String>,
@@ -74,6 +110,18 @@ impl Report for InfoReport {
             &mut h,
             format!("online cpus     {}", or(&self.online_cpus, "unknown")),
         );
+        if let Some(t) = &self.topology {
+            line(&mut h, format!("topology        {}", t.summary));
+            for p in &t.packages {
+                line(
+                    &mut h,
+                    format!("                {}: CPUs {}", p.domain, p.cpus),
+                );
+            }
+            for n in &t.notes {
+                line(&mut h, format!("                note: {n}"));
+            }
+        }
         line(&mut h, format!("kernel          {}", or(&self.kernel, "?")));
         line(
             &mut h,
@@ -139,6 +187,28 @@ impl Report for InfoReport {
             ),
             ("msr_safe", self.msr_safe.clone().unwrap_or_default()),
             (
+                "topology",
+                self.topology
+                    .as_ref()
+                    .map(|t| t.summary.clone())
+                    .unwrap_or_default(),
+            ),
+            (
+                "packages",
+                self.topology
+                    .as_ref()
+                    .map(|t| {
+                        t.packages
+                            .iter()
+                            .map(|p| {
+                                format!("{}:{}", p.domain.trim_start_matches("package "), p.cpus)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+            ),
+            (
                 "slurm_plugin_series",
                 self.slurm.plugin_series.clone().unwrap_or_default(),
             ),
@@ -173,6 +243,19 @@ pub fn info(
         .online_cpus()
         .map_err(|e| problems.push(chain(&e)))
         .ok();
+    let topology = online.as_ref().map(|cpus| {
+        let t = Topology::read(node, cpus, &[Scope::Core, Scope::Die, Scope::Package]);
+        TopologyInfo {
+            summary: t.summary(),
+            packages: domains(&t, Scope::Package),
+            dies: domains(&t, Scope::Die)
+                .into_iter()
+                .filter(|d| d.domain.contains(" die "))
+                .collect(),
+            cores: domains(&t, Scope::Core),
+            notes: t.notes.clone(),
+        }
+    });
     let shipped = cpu.as_ref().and_then(|id| {
         select_allowlist(id, &ctx.config.allowlist_dirs)
             .map(|p| shown(&p))
@@ -220,6 +303,7 @@ pub fn info(
         root: shown(node.root()),
         cpu,
         online_cpus: online.as_ref().map(|c| format_cpu_list(c)),
+        topology,
         kernel: node.kernel_release(),
         msr_safe: node.msr_safe_version(),
         lockdown: node.lockdown(),

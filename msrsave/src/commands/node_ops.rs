@@ -10,11 +10,12 @@ use msr_backend::device::BackendKind;
 use msr_backend::finding::Finding;
 use msr_backend::fsio::write_atomically;
 use msr_backend::msrs::models::ModelId;
+use msr_backend::msrs::scope::Scope;
 use msr_backend::operations::{self, Fit};
 use msr_backend::plan::{DriftBits, MaskChange};
 use msr_backend::policy::check::{check_node, hide_host_bits, PolicyCheck};
-use msr_backend::restore::{CheckReport, MsrChange, RestoreReport};
-use msr_backend::savefile::Origin;
+use msr_backend::restore::{CheckReport, MsrChange, RestoreReport, WriteRecord};
+use msr_backend::savefile::{LockState, Origin};
 use msr_backend::types::format_cpu_list;
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -36,9 +37,15 @@ pub struct SaveReport {
     pub allowlist: String,
     pub cpus: usize,
     pub cpu_list: String,
+    /// The topology the allowlist's shared registers are handled by (`2 packages, 224 CPUs`).
+    pub topology: String,
     pub msrs: usize,
     pub registers: usize,
     pub unreadable: usize,
+    /// Registers whose lock bit is set, per MSR (recorded in the save file too).
+    pub locked: Vec<LockState>,
+    /// Shared registers that CPUs of one domain read differently (restored CPU by CPU).
+    pub inconsistent: Vec<Finding>,
     /// Unreadable registers by error code.
     pub unreadable_by_error: BTreeMap<String, usize>,
     /// The file's size.
@@ -65,11 +72,27 @@ impl Report for SaveReport {
                 self.elapsed_ms, self.read_ms, self.backend, self.allowlist
             ),
         );
+        line(&mut h, format!("topology: {}", self.topology));
         for w in &self.warnings {
             line(&mut h, format!("warning: {w}"));
         }
         for n in &self.notes {
             line(&mut h, format!("note: {n}"));
+        }
+        for l in &self.locked {
+            line(
+                &mut h,
+                format!(
+                    "locked: MSR {} (bit {} set) on {} (CPUs {}): a restore will not write it",
+                    l.msr,
+                    l.lock_bit,
+                    l.domains.join(", "),
+                    l.cpus
+                ),
+            );
+        }
+        for f in self.inconsistent.iter().take(SHOWN) {
+            line(&mut h, format!("INCONSISTENT {f}"));
         }
         if self.unreadable > 0 {
             line(
@@ -105,6 +128,9 @@ pub fn save(ctx: &Context, file: &Path, job_id: Option<&str>) -> Result<SaveRepo
         allowlist: backend.allowlist_origin.clone(),
         cpus: s.cpus.len(),
         cpu_list: format_cpu_list(&s.cpus),
+        topology: saved.topology.clone(),
+        locked: saved.file.meta.locked.clone(),
+        inconsistent: saved.inconsistent.clone(),
         msrs: s.allowlist.len(),
         registers: s.len(),
         unreadable: s.unreadable(),
@@ -154,6 +180,37 @@ fn mask_change_lines(out: &mut String, changes: &[MaskChange]) {
                 ),
             ),
         }
+    }
+}
+
+/// Locked and inconsistent registers: reported, not failures.
+fn shared_lines(out: &mut String, locked: &[Finding], inconsistent: &[Finding]) {
+    if !locked.is_empty() {
+        line(out, format!("{} locked register(s) differ from the snapshot; their lock bit makes them ignore writes until reset, so they were not written (not drift a job made):", locked.len()));
+        for f in locked.iter().take(SHOWN) {
+            line(out, format!("  LOCKED {f}"));
+        }
+    }
+    if !inconsistent.is_empty() {
+        line(
+            out,
+            format!(
+                "{} shared register(s) read differently on CPUs of one domain; handled CPU by CPU:",
+                inconsistent.len()
+            ),
+        );
+        for f in inconsistent.iter().take(SHOWN) {
+            line(out, format!("  INCONSISTENT {f}"));
+        }
+    }
+}
+
+/// `CPU 3` for a per-CPU register, `package 1 (CPU 56)` for one written once for its package.
+fn written_at(w: &WriteRecord) -> String {
+    if w.scope == Scope::Thread {
+        format!("CPU {}", w.cpu)
+    } else {
+        format!("{} (CPU {})", w.domain, w.cpu)
     }
 }
 
@@ -214,8 +271,8 @@ impl Report for RestoreOutput {
             line(
                 &mut h,
                 format!(
-                    "  CPU {} MSR {}{}: {} -> {} (mask {})",
-                    w.cpu,
+                    "  {} MSR {}{}: {} -> {} (mask {})",
+                    written_at(w),
                     w.msr,
                     w.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
                     w.before,
@@ -234,6 +291,7 @@ impl Report for RestoreOutput {
             );
         }
         change_lines(&mut h, "found changed before the restore", &r.changed);
+        shared_lines(&mut h, &r.locked, &r.inconsistent);
         mask_change_lines(&mut h, &r.mask_changes);
         if !r.new_cpus.is_empty() {
             line(
@@ -261,6 +319,7 @@ impl Report for RestoreOutput {
             ("written", self.report.written.to_string()),
             ("verified", self.report.verified.to_string()),
             ("failed", self.report.failed.to_string()),
+            ("locked", self.report.locked.len().to_string()),
         ]
     }
 }
@@ -345,6 +404,7 @@ impl Report for CheckOutput {
             change_lines(&mut h, "drift", &r.changed);
         }
         failure_lines(&mut h, &r.failures, r.failed);
+        shared_lines(&mut h, &r.locked, &r.inconsistent);
         mask_change_lines(&mut h, &r.mask_changes);
         if let Some(p) = &self.policy {
             for v in p.violations.iter().take(SHOWN) {
@@ -374,6 +434,7 @@ impl Report for CheckOutput {
                     .map_or(0, |p| p.violations.len())
                     .to_string(),
             ),
+            ("locked", self.report.locked.len().to_string()),
             ("summary", self.summary.clone()),
         ]
     }
@@ -464,11 +525,21 @@ fn write_prometheus(
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let snap = label(&snapshot.display().to_string());
-    let metrics: [(&str, &str, f64); 7] = [
+    let metrics: [(&str, &str, f64); 9] = [
         (
             "msr_restore_drift_registers",
-            "Registers whose compared bits differ from the snapshot.",
+            "Registers whose compared bits differ from the snapshot (a register a core, die or package shares counts once for it).",
             report.drifted as f64,
+        ),
+        (
+            "msr_restore_locked_registers",
+            "Registers whose lock bit is set and whose locked bits differ from the snapshot (not drift: they ignore writes until reset).",
+            report.locked.len() as f64,
+        ),
+        (
+            "msr_restore_inconsistent_registers",
+            "Shared registers that CPUs of one core, die or package read differently.",
+            report.inconsistent.len() as f64,
         ),
         (
             "msr_restore_drift_cpus",
@@ -507,21 +578,35 @@ fn write_prometheus(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{snapshot=\"{snap}\"}} {value}\n"
         ));
     }
-    // Per MSR: which registers drift, on how many CPUs. The family only when it has samples
-    // (a clean node has none, and a family without samples is refused by some parsers).
-    let name = "msr_restore_drift_msr_cpus";
+    // Per MSR: on how many CPUs it drifts, and on how many of its domains (CPUs, cores, dies or
+    // packages). A family only when it has samples (a clean node has none, and a family
+    // without samples is refused by some parsers).
     if !report.changed.is_empty() {
+        let name = "msr_restore_drift_msr_cpus";
         text.push_str(&format!(
             "# HELP {name} CPUs on which an MSR differs from the snapshot.\n# TYPE {name} gauge\n"
         ));
-    }
-    for c in &report.changed {
+        for c in &report.changed {
+            text.push_str(&format!(
+                "{name}{{snapshot=\"{snap}\",msr=\"{}\",msr_name=\"{}\"}} {}\n",
+                c.msr,
+                label(c.name.as_deref().unwrap_or("")),
+                c.cpus
+            ));
+        }
+        let name = "msr_restore_drift_msr_domains";
         text.push_str(&format!(
-            "{name}{{snapshot=\"{snap}\",msr=\"{}\",msr_name=\"{}\"}} {}\n",
-            c.msr,
-            label(c.name.as_deref().unwrap_or("")),
-            c.cpus
+            "# HELP {name} Domains (CPUs, cores, dies or packages, as scope says) on which an MSR differs from the snapshot.\n# TYPE {name} gauge\n"
         ));
+        for c in &report.changed {
+            text.push_str(&format!(
+                "{name}{{snapshot=\"{snap}\",msr=\"{}\",msr_name=\"{}\",scope=\"{}\"}} {}\n",
+                c.msr,
+                label(c.name.as_deref().unwrap_or("")),
+                c.scope,
+                c.domains
+            ));
+        }
     }
     write_atomically(path, text.as_bytes(), PROMETHEUS_FILE_MODE)?;
     Ok(())

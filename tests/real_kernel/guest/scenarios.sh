@@ -678,6 +678,57 @@ scenario_audit() {
     esac
 }
 
+# 7. topology: the kernel's own topology files, as msrsave reads them. Booted (run.sh) with
+# -smp 8,sockets=2,cores=2,threads=2 and an Intel family 6 model 0x8F identity, so that the MSR
+# table's scopes apply (MSR_PKG_POWER_LIMIT and PLATFORM_INFO are in the list: per package).
+scenario_topology() {
+    d=/sys/devices/system/cpu/cpu0/topology
+    # Every file our emulated nodes lay out is one this kernel writes.
+    for f in physical_package_id die_id core_id thread_siblings_list core_cpus_list \
+        die_cpus_list package_cpus_list core_siblings_list; do
+        if [ -f "$d/$f" ]; then
+            pass "topology.kernel_has.$f"
+        else
+            fail "topology.kernel_has.$f" "no $d/$f"
+        fi
+    done
+    for c in 0 1 2 3 4 5 6 7; do
+        t=/sys/devices/system/cpu/cpu$c/topology
+        info "cpu$c: package $(cat $t/physical_package_id) die $(cat $t/die_id) core $(cat $t/core_id) core_cpus $(cat $t/core_cpus_list) package_cpus $(cat $t/package_cpus_list)"
+    done
+    run $MSRSAVE --format shell info
+    expect_rc topology.info.exit_0 0
+    info_output "info --format shell"
+    topology=
+    packages=
+    eval "$(cat /tmp/out)"
+    expect_eq topology.info.summary "2 packages, 4 cores, 8 CPUs" "$topology"
+    # Each CPU's package as msrsave lists it is the kernel's package_cpus_list of that CPU.
+    for c in 0 1 2 3 4 5 6 7; do
+        t=/sys/devices/system/cpu/cpu$c/topology
+        want="$(cat $t/physical_package_id):$(cat $t/package_cpus_list)"
+        case " $packages " in
+            *" $want "*) pass "topology.info.cpu$c.package" ;;
+            *) fail "topology.info.cpu$c.package" "msrsave lists '$packages', the kernel says $want" ;;
+        esac
+    done
+    # A save reads the package level because the list has package registers on this CPU model.
+    run $MSRSAVE --json save $W/t.msr
+    expect_rc topology.save.exit_0 0
+    expect_eq topology.save.topology "2 packages, 8 CPUs" "$(jval topology /tmp/out)"
+    # The package registers read alike on the CPUs of each package (0 under TCG): nothing is
+    # reported inconsistent, and a restore after a per-CPU change writes exactly that register.
+    expect_eq topology.save.inconsistent "[]" "$(tr -d ' \n' </tmp/out | sed 's/.*"inconsistent":\(\[[^]]*\]\).*/\1/')"
+    trace_setup || fail topology.tracefs "no msr:write_msr tracepoint"
+    wr 5 $TSC_AUX 0x1234
+    trace_start
+    run $MSRSAVE --json restore $W/t.msr
+    trace_stop /tmp/w
+    expect_rc topology.restore.exit_0 0
+    expect_eq topology.restore.written 1 "$(jval written)"
+    expect_eq topology.restore.kernel_wrmsr_exactly "5 0xc0000103 0x5" "$(tr '\n' ',' </tmp/w | sed 's/,$//')"
+}
+
 case "$SCENARIO" in
     driver) scenario_driver ;;
     save) scenario_save ;;
@@ -685,6 +736,7 @@ case "$SCENARIO" in
     refuse) scenario_refuse ;;
     hotplug) scenario_hotplug ;;
     audit) scenario_audit ;;
+    topology) scenario_topology ;;
     *)
         echo "scenarios.sh: unknown scenario '$SCENARIO'"
         fail "scenario.$SCENARIO" "unknown scenario"
