@@ -678,6 +678,9 @@ class Suite(object):
             self.write_msr_restore_conf("")
         self.wait("the periodic check to bring the vnode back",
                   lambda: self.vnode() == ("free", None), timeout=60)
+        # a vnode back online does not start a scheduling cycle (the next one may be
+        # scheduler_iteration, 10 minutes, away): start one
+        self.qmgr("set server scheduling = true")
         self.wait_running(job_id)
         self.release(flag)
         self.wait_finished(job_id)
