@@ -2,7 +2,8 @@
 # Install the msr-restore PBS hooks (OpenPBS / PBS Professional). Run on the PBS server host as
 # root (or a PBS manager). msrsave must already be installed on every execution host.
 #
-#   install.sh [--config FILE] [--hook FILE] [--prefix NAME] [--with-execjob-begin] [--dry-run]
+#   install.sh [--config FILE] [--hook FILE] [--prefix NAME] [--with-execjob-begin]
+#              [--msrsave PATH] [--dry-run]
 #
 # Creates (or updates) three hooks running the same script with the same config file:
 #   PREFIX_begin  execjob_prologue,exechost_startup   fail_action=offline_vnodes
@@ -13,6 +14,9 @@
 # PBS accepts it for (execjob_begin, execjob_prologue, exechost_startup).
 # --with-execjob-begin adds execjob_begin to PREFIX_begin (snapshot on every host at job start,
 # for sites whose jobs reach sister hosts without PBS starting a task there).
+# The config is checked first (msr_restore_hook.py --check-config): the hook's keys by the hook,
+# the msr-restore keys by msrsave (config show), which must be on this host: the config's msrsave
+# path, or --msrsave PATH.
 # Run right after uninstall.sh, it waits (MSR_RESTORE_QMGR_WAIT s, default 120) while the server
 # still has the names pending delete. Running it again is always safe: it updates what exists.
 # Environment: QMGR (default: qmgr in PATH or $PBS_EXEC/bin/qmgr), PYTHON (default python3),
@@ -23,11 +27,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 config=$here/msr_restore_hook.json
 hook=$here/msr_restore_hook.py
 prefix=msr_restore
+msrsave=
 begin_events=execjob_prologue,exechost_startup
 dry_run=false
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -36,6 +41,7 @@ while [ $# -gt 0 ]; do
         --config) [ $# -ge 2 ] || usage; config=$2; shift 2 ;;
         --hook) [ $# -ge 2 ] || usage; hook=$2; shift 2 ;;
         --prefix) [ $# -ge 2 ] || usage; prefix=$2; shift 2 ;;
+        --msrsave) [ $# -ge 2 ] || usage; msrsave=$2; shift 2 ;;
         --with-execjob-begin) begin_events=execjob_begin,execjob_prologue,exechost_startup; shift ;;
         --dry-run) dry_run=true; shift ;;
         -h|--help) usage 0 ;;
@@ -77,12 +83,14 @@ alarm=30
 freq=120
 PYTHON=${PYTHON:-python3}
 if command -v "$PYTHON" >/dev/null 2>&1; then
-    if ! "$PYTHON" "$hook" --check-config "$config" >/dev/null; then
+    set -- --check-config "$config"
+    if [ -n "$msrsave" ]; then set -- "$@" --msrsave "$msrsave"; fi
+    if ! "$PYTHON" "$hook" "$@" >/dev/null; then
         echo "install.sh: $config has errors (see above); fix it first" >&2
         exit 1
     fi
-    alarm=$("$PYTHON" "$hook" --check-config "$config" --get alarm 2>/dev/null)
-    freq=$("$PYTHON" "$hook" --check-config "$config" --get check_freq 2>/dev/null)
+    alarm=$("$PYTHON" "$hook" "$@" --get alarm 2>/dev/null)
+    freq=$("$PYTHON" "$hook" "$@" --get check_freq 2>/dev/null)
 else
     echo "install.sh: $PYTHON not found: config not validated; using alarm=$alarm freq=$freq" >&2
 fi

@@ -6,20 +6,25 @@ Runs inside PBS (OpenPBS / PBS Professional) as a site hook, under PBS's own Pyt
 later), once per event:
 
   execjob_prologue (and execjob_begin if the site adds it)
-        msrsave --json job begin JOBID --state-dir D
+        msrsave job begin JOBID
         Failure: by default the local vnodes go offline and the event is rejected (job requeued).
   execjob_epilogue, execjob_end
-        msrsave --json job end JOBID --state-dir D  (idempotent: the second call, or a call for a
-        job whose prologue failed or was rejected, ends cleanly with a note)
+        msrsave job end JOBID  (idempotent: the second call, or a call for a job whose prologue
+        failed or was rejected, ends cleanly with a note)
         Failure: the local vnodes go offline (PBS only logs epilogue/end errors); the event is
         accepted, so the user's job keeps its exit status.
   exechost_periodic
-        msrsave --json check BASELINE, only when no job is on the host. Drift: the local vnodes go
-        offline with a comment naming the drift. Clean: vnodes this hook took offline come back.
+        msrsave job reconcile --running-jobs (the mom's e.job_list): ends the jobs the mom
+        forgot. Then, only when no job is on the host, msrsave check BASELINE. Drift: the local
+        vnodes go offline (on_drift = drain) with a comment naming the drift. Clean: vnodes this
+        hook took offline come back.
   exechost_startup
-        msrsave --json allowlist load --auto (if load_allowlist), msrsave --json save BASELINE.
+        msrsave allowlist load --auto (if load_allowlist), msrsave save BASELINE.
 
-All MSR logic is in msrsave; this file only runs it (with a timeout below the hook's alarm),
+All MSR logic is in msrsave, and so is the msr-restore configuration: the hook passes its
+msr-restore keys (state_dir, baseline, on_drift, root, ...) to every msrsave call as
+--set KEY=VALUE and asks msrsave (config show, job status) for what it needs to know; it never
+reads msrsave's files. It runs msrsave with --format json and a timeout below the hook's alarm,
 reads its JSON and talks to PBS. No exception leaves the hook.
 
 Ownership of "offline": in mom events the pbs module gives vnode state and comment None, so the
@@ -29,8 +34,9 @@ before touching it. An offline it does not hold (an admin's) is never touched; e
 brings a held vnode back only if the check is clean and the server still shows the hook's comment
 (an admin who changes the comment takes the node over).
 
-Outside PBS, `python3 msr_restore_hook.py --check-config FILE` validates a hook config file and
-prints the effective settings (used by install.sh).
+Outside PBS, `python3 msr_restore_hook.py --check-config FILE [--msrsave PATH]` validates a hook
+config file (its msr-restore keys by msrsave's `config show`) and prints the effective settings
+(used by install.sh).
 """
 
 import fcntl
@@ -57,45 +63,37 @@ MAX_COMMENT = 240
 # the vnode changes and the accept/reject back.
 ALARM_MARGIN = 3.0
 
-DEFAULT_MSR_RESTORE_CONF = "/etc/msr-restore/msr-restore.conf"
-
-# Built-in defaults; msr-restore.conf (state_dir, baseline, on_drift) overrides the ones marked
-# None, the hook config file overrides everything.
+# The hook's own keys and their built-in defaults. Every other key of the hook config is an
+# msr-restore.conf key (state_dir, baseline, on_drift, root, backend, allowlist, job_metrics,
+# lock_timeout, ...): the hook passes it to every msrsave call as --set KEY=VALUE and leaves it
+# to msrsave to judge (a bad key or value is msrsave's error, naming it); null or "": not passed.
 DEFAULTS = {
     "msrsave": "/usr/bin/msrsave",
-    "msr_restore_conf": None,  # None: $MSR_RESTORE_CONFIG or /etc/msr-restore/msr-restore.conf
-    "state_dir": None,  # msr-restore.conf state_dir, else /run/msr-restore
-    "baseline": None,  # msr-restore.conf baseline, else /var/lib/msr-restore/baseline.json
-    "root": "",  # non-empty: pass --root (emulated nodes, tests)
-    "backend": "",  # non-empty: pass --backend
-    "allowlist": "",  # non-empty: pass --allowlist
+    "msr_restore_conf": None,  # None: msrsave's own ($MSR_RESTORE_CONFIG, else /etc/...)
     "alarm": 30,  # the hooks' qmgr alarm (install.sh sets it from here)
     "check_freq": 120,  # the exechost_periodic hook's qmgr freq (install.sh sets it from here)
     "timeout": 20,  # seconds one msrsave call may take; must be below alarm
-    "on_drift": None,  # offline|log; msr-restore.conf on_drift (drain = offline), else offline
     "on_snapshot_failure": "offline",  # offline|reject|accept
     "on_restore_failure": "offline",  # offline|log
     "load_allowlist": False,  # exechost_startup: msrsave allowlist load --auto
     "baseline_on_startup": True,  # exechost_startup: msrsave save BASELINE
     "hook_state_dir": "/var/lib/msr-restore/pbs_hook",  # offline marker, ended-job records
     "prometheus": "",  # non-empty: periodic check writes this Prometheus text file
-    "stale_job_grace": 600,  # periodic: end a job the state dir holds but the mom forgot, after
 }
-BUILTIN_STATE_DIR = "/run/msr-restore"
-BUILTIN_BASELINE = "/var/lib/msr-restore/baseline.json"
+# Keys earlier versions of the hook had: ignored, with the "unknown key" warning.
+RETIRED_KEYS = {
+    "stale_job_grace": "msrsave job reconcile ends a job the mom no longer runs once it has "
+                       "been registered for msrsave's own grace period, 120 s",
+}
 
 CHOICES = {
-    "on_drift": ("offline", "log"),
     "on_snapshot_failure": ("offline", "reject", "accept"),
     "on_restore_failure": ("offline", "log"),
 }
-ALIASES = {"on_drift": {"drain": "offline"}}
-STRING_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "backend",
-               "allowlist", "hook_state_dir", "prometheus")
-NUMBER_KEYS = ("alarm", "check_freq", "timeout", "stale_job_grace")
+STRING_KEYS = ("msrsave", "msr_restore_conf", "hook_state_dir", "prometheus")
+NUMBER_KEYS = ("alarm", "check_freq", "timeout")
 BOOL_KEYS = ("load_allowlist", "baseline_on_startup")
-PATH_KEYS = ("msrsave", "msr_restore_conf", "state_dir", "baseline", "root", "allowlist",
-             "hook_state_dir", "prometheus")
+PATH_KEYS = ("msrsave", "msr_restore_conf", "hook_state_dir", "prometheus")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,36 +149,9 @@ LOG = Log(HOOK_NAME)
 # ---------------------------------------------------------------------------------------------
 # Configuration
 
-def read_msr_restore_conf(path, log):
-    """The keys of msr-restore.conf the hook uses. A missing file is fine (built-in defaults);
-    a malformed line is logged with file and line and skipped."""
-    values = {}
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except (IOError, OSError) as err:
-        if getattr(err, "errno", None) == 2:
-            log.debug("%s not found, using built-in defaults for state_dir, baseline, on_drift"
-                      % path)
-        else:
-            log.error("cannot read %s: %s; using built-in defaults" % (path, err))
-        return values
-    for number, raw in enumerate(lines, 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if "=" not in line:
-            log.error("%s line %d: expected 'key = value', got %r; line ignored"
-                      % (path, number, raw.strip()))
-            continue
-        key, value = [part.strip() for part in line.split("=", 1)]
-        if key in ("state_dir", "baseline", "on_drift") and value:
-            values[key] = value
-    return values
-
-
 def validate(cfg, source, log):
-    """Check types and choices; a bad value is logged and replaced by its default."""
+    """Check the hook's own keys (types and choices); a bad value is logged and replaced by its
+    default. The msr-restore keys are msrsave's to judge."""
     good = dict(cfg)
     for key in list(good):
         value = good[key]
@@ -207,10 +178,8 @@ def validate(cfg, source, log):
                           % (source, key, value, default))
                 good[key] = default
         elif key in CHOICES:
-            if value is None and default is None:
-                continue
             if isinstance(value, str):
-                value = ALIASES.get(key, {}).get(value.strip().lower(), value.strip().lower())
+                value = value.strip().lower()
             if value not in CHOICES[key]:
                 log.error("%s: %s must be one of %s, got %r; using %r"
                           % (source, key, "|".join(CHOICES[key]), cfg[key], default))
@@ -220,8 +189,24 @@ def validate(cfg, source, log):
     return good
 
 
+def set_value(value):
+    """A hook config value as msr-restore.conf would spell it, for --set KEY=VALUE."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ":".join(value)  # allowlist_dir: several directories
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # msrsave says what is wrong with it
+
+
 def load_config(path, log):
-    """Effective settings: built-in defaults < msr-restore.conf < hook config file.
+    """Effective hook settings: built-in defaults < hook config file; cfg["set"] holds the
+    msr-restore keys of the file as KEY=VALUE arguments for msrsave's --set.
 
     A missing, unreadable or malformed hook config is logged once, clearly, and the built-in
     defaults apply (safe: restore-failures and drift take the node offline)."""
@@ -249,30 +234,23 @@ def load_config(path, log):
                 log.error("hook config %s must be a JSON object, got %s; using built-in defaults"
                           % (path, type(file_cfg).__name__))
                 file_cfg = {}
+    shared = []
     for key in sorted(file_cfg):
         if key.startswith("_") or key.startswith("#"):
             continue  # comment keys
-        if key not in DEFAULTS:
-            log.warning("hook config %s: unknown key %r ignored" % (path, key))
+        if key in RETIRED_KEYS:
+            log.warning("hook config %s: unknown key %r ignored (%s)"
+                        % (path, key, RETIRED_KEYS[key]))
             continue
-        cfg[key] = file_cfg[key]
+        if key in DEFAULTS:
+            cfg[key] = file_cfg[key]
+            continue
+        value = file_cfg[key]
+        if value is None or value == "":
+            continue  # msr-restore.conf's value (or msrsave's default) applies
+        shared.append("%s=%s" % (key, set_value(value)))
     cfg = validate(cfg, "hook config %s" % path if path else "defaults", log)
-
-    conf_path = cfg["msr_restore_conf"] or os.environ.get("MSR_RESTORE_CONFIG") \
-        or DEFAULT_MSR_RESTORE_CONF
-    conf = read_msr_restore_conf(conf_path, log)
-    if cfg["state_dir"] is None:
-        cfg["state_dir"] = conf.get("state_dir", BUILTIN_STATE_DIR)
-    if cfg["baseline"] is None:
-        cfg["baseline"] = conf.get("baseline", BUILTIN_BASELINE)
-    if cfg["on_drift"] is None:
-        value = conf.get("on_drift", "offline").lower()
-        value = ALIASES["on_drift"].get(value, value)
-        if value not in CHOICES["on_drift"]:
-            log.error("%s: on_drift must be drain or log, got %r; using offline"
-                      % (conf_path, conf["on_drift"]))
-            value = "offline"
-        cfg["on_drift"] = value
+    cfg["set"] = shared
 
     if cfg["timeout"] + ALARM_MARGIN > cfg["alarm"]:
         fixed = max(1.0, cfg["alarm"] - ALARM_MARGIN - 1)
@@ -280,6 +258,21 @@ def load_config(path, log):
                   % (cfg["timeout"], ALARM_MARGIN, cfg["alarm"], fixed))
         cfg["timeout"] = fixed
     return cfg
+
+
+def msr_restore_config(cfg, log):
+    """msrsave's configuration in effect with the hook's overrides (`msrsave config show`),
+    asked at most once per event: (the "config" object, None), or (None, why) when msrsave
+    refuses the configuration (its message names the file line or the --set argument) or cannot
+    be run."""
+    if "_effective" not in cfg:
+        res = run_msrsave(cfg, ["config", "show"], log)
+        conf = res.data.get("config") if res.ok else None
+        if isinstance(conf, dict):
+            cfg["_effective"] = (conf, None)
+        else:
+            cfg["_effective"] = (None, res.describe())
+    return cfg["_effective"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +295,8 @@ class Outcome(object):
                 and self.data.get("ok") is True)
 
     def describe(self):
-        """One line saying what went wrong (or what happened), for logs and vnode comments."""
+        """One line saying what went wrong (or what happened), for logs and vnode comments:
+        msrsave's own "error" when it gave one (it names the file, key, CPU or MSR)."""
         if self.error:
             return self.error
         d = self.data or {}
@@ -310,8 +304,6 @@ class Outcome(object):
             return str(d["error"])
         parts = []
         restore = d.get("restore")
-        if d.get("command") == "restore":
-            restore = d
         if isinstance(restore, dict) and restore.get("failures"):
             fails = restore["failures"]
             named = []
@@ -319,15 +311,18 @@ class Outcome(object):
                 named.append("%s MSR %s%s: %s" % (
                     where_of(f), f.get("msr"),
                     " (%s)" % f["name"] if f.get("name") else "", f.get("error", "failed")))
-            more = " and %d more" % (len(fails) - 3) if len(fails) > 3 else ""
-            parts.append("%d register(s) not restored: %s%s" % (len(fails), "; ".join(named),
-                                                                  more))
-        check = d.get("check")
-        if d.get("command") == "check":
-            check = d
+            count = restore.get("failed") or len(fails)
+            more = " and %d more" % (count - 3) if count > 3 else ""
+            parts.append("%d register(s) not restored: %s%s" % (count, "; ".join(named), more))
+        check = d.get("check")  # job end: what still differs after the restore
         if isinstance(check, dict) and check.get("clean") is False:
-            parts.append(str(check.get("summary") or "%s register(s) drifted"
-                             % check.get("drifted")))
+            drift = check.get("drift") or []
+            parts.append("%d register(s) still differ from the snapshot after the restore%s"
+                         % (len(drift), ": CPU %s MSR %s" % (drift[0].get("cpu"),
+                                                             drift[0].get("msr"))
+                            if drift else ""))
+        if d.get("command") == "check" and d.get("clean") is False and d.get("summary"):
+            parts.append(str(d["summary"]))
         parts.extend(notes_of(d))
         if not parts:
             parts.append("msrsave exited %s" % self.code)
@@ -352,22 +347,36 @@ def notes_of(d):
     return notes
 
 
+def changed_of(d):
+    """What the jobs had changed, per MSR, from a job end's or reconcile's "changed"."""
+    out = []
+    for c in d.get("changed") or []:
+        if isinstance(c, dict):
+            out.append("%s%s on CPUs %s" % (c.get("msr"), " " + c["name"] if c.get("name")
+                                            else "", c.get("cpu_list")))
+    return ", ".join(out)
+
+
 def deadline(cfg):
     return START + cfg["alarm"] - ALARM_MARGIN
 
 
+def msrsave_argv(cfg, args, fmt="json"):
+    """msrsave with the hook's msr-restore configuration: --config (msr_restore_conf) and a
+    --set KEY=VALUE for each msr-restore key of the hook config."""
+    argv = [cfg["msrsave"], "--format", fmt]
+    if cfg.get("msr_restore_conf"):
+        argv += ["--config", cfg["msr_restore_conf"]]
+    for kv in cfg.get("set") or []:
+        argv += ["--set", kv]
+    return argv + list(args)
+
+
 def run_msrsave(cfg, args, log):
-    argv = [cfg["msrsave"], "--json"]
-    if cfg["root"]:
-        argv += ["--root", cfg["root"]]
-    if cfg["backend"]:
-        argv += ["--backend", cfg["backend"]]
-    if cfg["allowlist"]:
-        argv += ["--allowlist", cfg["allowlist"]]
-    argv += list(args)
+    argv = msrsave_argv(cfg, args)
     left = deadline(cfg) - time.time()
     timeout = min(float(cfg["timeout"]), left)
-    cmd = "msrsave " + " ".join(a for a in args[:2] if not a.startswith("/"))
+    cmd = "msrsave " + " ".join(a for a in args[:2] if not a.startswith(("/", "-")))
     if timeout < 1:
         return Outcome(argv, error="no time left before the hook alarm (%ss) to run %s"
                        % (cfg["alarm"], cmd))
@@ -787,14 +796,6 @@ def prune_ended(cfg, log):
             pass
 
 
-def active_jobs_in_state_dir(cfg):
-    try:
-        return sorted(n for n in os.listdir(os.path.join(cfg["state_dir"], "jobs"))
-                      if not n.startswith("."))
-    except OSError:
-        return []
-
-
 # ---------------------------------------------------------------------------------------------
 # Event handlers. Each ends by accepting or rejecting (SystemExit).
 
@@ -808,7 +809,7 @@ def job_log(e, msg):
 def on_job_begin(e, cfg, log, event_name):
     job_id = str(e.job.id)
     take_ended(cfg, job_id)  # a requeued job starts over
-    res = run_msrsave(cfg, ["job", "begin", job_id, "--state-dir", cfg["state_dir"]], log)
+    res = run_msrsave(cfg, ["job", "begin", job_id], log)
     if res.ok:
         d = res.data
         log.debug("job %s: snapshot %s, jobs on this host: %s"
@@ -826,12 +827,17 @@ def on_job_begin(e, cfg, log, event_name):
     e.reject(why)
 
 
+def restored_text(restore):
+    return "MSRs restored (%s written, %s unchanged, %s verified)" % (
+        restore.get("written"), restore.get("unchanged"), restore.get("verified"))
+
+
 def on_job_end(e, cfg, log, event_name):
     job_id = str(e.job.id)
     if e.type == pbs.EXECJOB_END and take_ended(cfg, job_id):
         log.debug("job %s: already ended by its epilogue on this host" % job_id)
         e.accept()
-    res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
+    res = run_msrsave(cfg, ["job", "end", job_id], log)
     if res.ok:
         d = res.data
         if e.type == pbs.EXECJOB_EPILOGUE:
@@ -839,10 +845,11 @@ def on_job_end(e, cfg, log, event_name):
         restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
         notes = "; ".join(notes_of(d))
         if restore:
-            log.debug("job %s: last job on this host, MSRs restored (%s written, %s unchanged, "
-                      "%s verified)%s" % (job_id, restore.get("written"),
-                                          restore.get("unchanged"), restore.get("verified"),
-                                          "; " + notes if notes else ""))
+            changed = changed_of(d)
+            log.debug("job %s: last job on this host, %s%s%s"
+                      % (job_id, restored_text(restore),
+                         "; changed by the job(s): " + changed if changed else "",
+                         "; " + notes if notes else ""))
         else:
             log.debug("job %s: %s" % (job_id, notes or "other jobs still on this host: "
                                       + ",".join(d.get("active_jobs") or [])))
@@ -855,92 +862,113 @@ def on_job_end(e, cfg, log, event_name):
     e.accept()  # the job itself is not at fault: keep its exit status
 
 
-def jobs_on_host(e, cfg):
-    jobs = []
+def job_status(cfg, log):
+    """(the jobs msrsave holds this host for, the snapshot it keeps or None), or None when
+    msrsave cannot say (logged)."""
+    res = run_msrsave(cfg, ["job", "status"], log)
+    if res.ok and isinstance(res.data.get("active_jobs"), list):
+        return [str(j) for j in res.data["active_jobs"]], res.data.get("snapshot")
+    log.error("cannot tell which jobs hold this host: %s" % res.describe())
+    return None
+
+
+def reconcile_jobs(e, cfg, log, event_name):
+    """End the jobs msrsave holds this host for that the mom no longer runs (their end hook
+    never ran: mom killed, job purged), so that the host's registers get restored:
+    `msrsave job reconcile --running-jobs` with the mom's e.job_list. msrsave ends only jobs
+    registered for longer than its own grace period (a job starting now is left alone) and
+    restores the host if they were the last.
+
+    Returns the jobs on this host (the mom's and msrsave's), or None when they cannot be known
+    or a failed restore has just taken the host offline: no drift check then."""
     try:
-        jobs = sorted(str(j) for j in e.job_list.keys())
-    except Exception:
-        pass
-    return sorted(set(jobs) | set(active_jobs_in_state_dir(cfg)))
+        mom_jobs = sorted(str(j) for j in e.job_list.keys())
+    except Exception as err:
+        log.debug("no job list (%s): jobs the mom forgot not looked for" % err)
+        status = job_status(cfg, log)
+        return None if status is None else status[0]
+    res = run_msrsave(cfg, ["job", "reconcile", "--running-jobs=" + ",".join(mom_jobs)], log)
+    d = res.data if isinstance(res.data, dict) else {}
+    if res.ok and isinstance(d.get("active_jobs"), list):
+        reaped = [str(r) for r in d.get("reaped") or []]
+        restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
+        if restore:
+            changed = changed_of(d)
+            outcome = restored_text(restore) + ("; changed by the job(s): " + changed
+                                                if changed else "")
+        else:
+            outcome = "other jobs still on this host: %s" % ",".join(d["active_jobs"])
+        for line in reaped:  # "job ID ended by reconciliation: registered N s ago, and ..."
+            log.warning("the mom no longer runs this job: %s; %s" % (line, outcome))
+        return sorted(set(mom_jobs) | set(str(j) for j in d["active_jobs"]))
+    why = res.describe()
+    log.error("cannot end the jobs the mom no longer runs: %s" % why)
+    status = job_status(cfg, log)
+    if status is None:
+        return None
+    jobs, snapshot = status
+    if not jobs and snapshot:
+        # No job holds the host and msrsave keeps a snapshot: a restore is due or has failed.
+        why = "MSR restore failed after a job the mom no longer runs: %s" % why
+        if cfg["on_restore_failure"] == "offline":
+            take_offline(e, cfg, why, event_name, log, reconcile=True)
+        else:
+            log.error("%s (on_restore_failure = log)" % why)
+        return None
+    return sorted(set(mom_jobs) | set(jobs))
 
 
-def take_baseline(cfg, log, why):
-    parent = os.path.dirname(cfg["baseline"])
+def take_baseline(cfg, baseline, log, why):
+    parent = os.path.dirname(baseline)
     try:
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, 0o755)
     except OSError as err:
         log.error("cannot create %s for the baseline: %s" % (parent, err))
         return False
-    res = run_msrsave(cfg, ["save", cfg["baseline"]], log)
+    res = run_msrsave(cfg, ["save", baseline], log)
     if res.ok:
         log.debug("baseline %s taken (%s): %s MSRs on %s CPUs"
-                  % (cfg["baseline"], why, res.data.get("msrs"), res.data.get("cpus")))
+                  % (baseline, why, res.data.get("msrs"), res.data.get("cpus")))
         return True
-    log.error("cannot take the baseline %s: %s" % (cfg["baseline"], res.describe()))
+    log.error("cannot take the baseline %s: %s" % (baseline, res.describe()))
     return False
-
-
-def end_stale_jobs(e, cfg, log, event_name):
-    """Jobs the state dir still holds that the mom no longer knows (their end hook never ran:
-    mom killed, job purged): end them, so the host's registers get restored. Only jobs whose
-    record is older than stale_job_grace seconds, to stay clear of a job starting right now."""
-    try:
-        known = set(str(j) for j in e.job_list.keys())
-    except Exception as err:
-        log.debug("no job list (%s): stale jobs not looked for" % err)
-        return
-    now = time.time()
-    for job_id in active_jobs_in_state_dir(cfg):
-        if job_id in known:
-            continue
-        try:
-            age = now - os.stat(os.path.join(cfg["state_dir"], "jobs", job_id)).st_mtime
-        except OSError:
-            continue
-        if age < cfg["stale_job_grace"]:
-            continue
-        log.warning("job %s has held this host for %ds but the mom no longer knows it: ending it"
-                    % (job_id, age))
-        res = run_msrsave(cfg, ["job", "end", job_id, "--state-dir", cfg["state_dir"]], log)
-        if res.ok:
-            log.warning("stale job %s ended: %s" % (job_id, "MSRs restored" if isinstance(
-                res.data.get("restore"), dict) else "; ".join(notes_of(res.data))
-                or "other jobs still on this host"))
-            continue
-        why = "MSR restore failed after stale job %s: %s" % (job_id, res.describe())
-        log.error(why)
-        if cfg["on_restore_failure"] == "offline":
-            take_offline(e, cfg, why, event_name, log, reconcile=True)
 
 
 def on_periodic(e, cfg, log, event_name):
     prune_ended(cfg, log)
-    end_stale_jobs(e, cfg, log, event_name)
-    jobs = jobs_on_host(e, cfg)
+    conf, why = msr_restore_config(cfg, log)
+    if conf is None:
+        log.error("MSR drift check could not run: %s" % why)
+        e.accept()
+    jobs = reconcile_jobs(e, cfg, log, event_name)
+    if jobs is None:
+        log.error("MSR drift check could not run: the jobs on this host are not known")
+        e.accept()
     if jobs:
         log.debug("drift check skipped: job(s) %s on this host" % ",".join(jobs))
         e.accept()
-    if not os.path.exists(cfg["baseline"]):
+    baseline = str(conf.get("baseline"))
+    if not os.path.exists(baseline):
         log.warning("no baseline %s (exechost_startup did not run or failed); taking it now "
-                    "on an idle host" % cfg["baseline"])
-        take_baseline(cfg, log, "first idle periodic check")
+                    "on an idle host" % baseline)
+        take_baseline(cfg, baseline, log, "first idle periodic check")
         e.accept()
-    args = ["check", cfg["baseline"]]
+    args = ["check", baseline]
     if cfg["prometheus"]:
         args += ["--prometheus", cfg["prometheus"]]
     res = run_msrsave(cfg, args, log)
     d = res.data if isinstance(res.data, dict) else {}
     if res.error is None and d.get("clean") is True and res.code == 0:
-        log.debug("MSR check clean against %s" % cfg["baseline"])
+        log.debug("MSR check clean against %s" % baseline)
         bring_back(e, cfg, log)
         e.accept()
-    if res.error is None and d.get("clean") is False:
+    if res.error is None and d.get("clean") is False and not d.get("error"):
         why = str(d.get("summary") or "%s register(s) differ from %s"
-                  % (d.get("drifted"), cfg["baseline"]))
-        if not why.startswith("MSR drift"):
-            why = "MSR drift: " + why
-        if cfg["on_drift"] == "offline":
+                  % (d.get("drifted"), baseline))
+        if not why.startswith("MSR "):
+            why = ("MSR drift: " if d.get("drifted") else "MSR check: ") + why
+        if conf.get("on_drift") != "log":
             log.error(why)
             take_offline(e, cfg, why, event_name, log, reconcile=True)
         else:
@@ -955,20 +983,27 @@ def on_startup(e, cfg, log, event_name):
     if cfg["load_allowlist"]:
         res = run_msrsave(cfg, ["allowlist", "load", "--auto"], log)
         if res.ok:
-            log.debug("allowlist loaded: %s" % (res.data.get("file") or res.data.get("list")
-                                                or "ok"))
+            log.debug("allowlist loaded: %s" % (res.data.get("file") or "ok"))
         else:
             why = "cannot load the MSR allowlist: %s" % res.describe()
             log.error(why)
             take_offline(e, cfg, why, event_name, log)
             e.accept()
     if cfg["baseline_on_startup"]:
-        jobs = active_jobs_in_state_dir(cfg)
-        if jobs:
+        conf, why = msr_restore_config(cfg, log)
+        if conf is None:
+            log.error("cannot take the baseline: %s" % why)
+            e.accept()
+        baseline = str(conf.get("baseline"))
+        status = job_status(cfg, log)
+        if status is None:
+            log.error("baseline %s not taken (the first idle periodic check takes it)"
+                      % baseline)
+        elif status[0]:
             log.warning("job(s) %s still hold this host (mom restarted under running jobs): "
-                        "baseline %s kept" % (",".join(jobs), cfg["baseline"]))
+                        "baseline %s kept" % (",".join(status[0]), baseline))
         else:
-            take_baseline(cfg, log, "mom start")
+            take_baseline(cfg, baseline, log, "mom start")
     e.accept()
 
 
@@ -1048,28 +1083,56 @@ def main():
 def cli(argv):
     global CLI_MODE
     CLI_MODE = True
-    usage = ("usage: msr_restore_hook.py --check-config FILE [--get KEY]\n"
-             "  validate a hook config file and print the effective settings as JSON\n"
-             "  (or one setting with --get); exit 1 if the file has errors\n")
+    usage = ("usage: msr_restore_hook.py --check-config FILE [--msrsave PATH] [--get KEY]\n"
+             "  validate a hook config file and print the effective settings as JSON (or one\n"
+             "  setting with --get): the hook's own keys here, the msr-restore keys by\n"
+             "  `msrsave config show` with the same --config/--set the hook passes (msrsave:\n"
+             "  the config's, or PATH); exit 1 if the file has errors or msrsave refuses it\n")
     if len(argv) < 2 or argv[0] != "--check-config":
         sys.stderr.write(usage)
         return 2
-    log = Log("%s config" % HOOK_NAME)
-    if len(argv) == 4 and argv[2] == "--get":
-        cfg = load_config(argv[1], log)
-        if argv[3] not in cfg:
-            sys.stderr.write("unknown key %s\n" % argv[3])
+    path, rest = argv[1], argv[2:]
+    msrsave = get = None
+    while rest:
+        if rest[0] in ("--msrsave", "--get") and len(rest) >= 2:
+            if rest[0] == "--msrsave":
+                msrsave = rest[1]
+            else:
+                get = rest[1]
+            rest = rest[2:]
+        else:
+            sys.stderr.write(usage)
             return 2
-        value = cfg[argv[3]]
+    log = Log("%s config" % HOOK_NAME)
+    cfg = load_config(path, log)
+    if msrsave:
+        cfg["msrsave"] = msrsave
+    # The msr-restore keys are msrsave's to judge: ask it, with the hook's overrides.
+    conf = None
+    if not (os.path.isfile(cfg["msrsave"]) and os.access(cfg["msrsave"], os.X_OK)):
+        log.error("msrsave %s is not there or not executable: it is needed to check the "
+                  "msr-restore configuration (install msrsave here, or pass --msrsave PATH)"
+                  % cfg["msrsave"])
+    else:
+        conf, why = msr_restore_config(cfg, log)
+        if conf is None:
+            log.error("msrsave does not accept the msr-restore configuration: %s" % why)
+    if get is not None:
+        if get in cfg and get in DEFAULTS:
+            value = cfg[get]
+        elif conf is not None and get in conf:
+            value = conf[get]
+        else:
+            sys.stderr.write("unknown key %s\n" % get)
+            return 2
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         sys.stdout.write("%s\n" % (json.dumps(value) if not isinstance(value, str) else value))
-    elif len(argv) == 2:
-        cfg = load_config(argv[1], log)
-        sys.stdout.write(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
     else:
-        sys.stderr.write(usage)
-        return 2
+        shown = dict((k, cfg[k]) for k in DEFAULTS)
+        shown["msr_restore_set"] = cfg["set"]
+        shown["msr_restore"] = conf
+        sys.stdout.write(json.dumps(shown, indent=1, sort_keys=True) + "\n")
     return 1 if any(level == "error" for level, _ in log.lines) else 0
 
 

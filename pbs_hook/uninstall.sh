@@ -5,8 +5,8 @@
 #
 # Vnodes the hooks took offline stay offline (their comment starts with "msr-restore: "): list
 # them with  pbsnodes -l  and bring them back with  pbsnodes -r NODE  once their MSRs are right.
-# Each host keeps its marker /var/lib/msr-restore/pbs_hook/offline.json and the job state in
-# /run/msr-restore until removed by hand.
+# Each host keeps its marker /var/lib/msr-restore/pbs_hook/offline.json and msrsave's job state
+# (msrsave job status says which jobs it holds) until removed by hand.
 # Remove them with this script rather than 'qmgr -c "delete hook ..."': see below.
 # Environment: QMGR as for install.sh.
 set -eu
@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
         --prefix) [ $# -ge 2 ] || { echo "uninstall.sh: --prefix needs a value" >&2; exit 2; }
                   prefix=$2; shift 2 ;;
         --dry-run) dry_run=true; shift ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "uninstall.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done

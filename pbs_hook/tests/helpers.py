@@ -89,7 +89,12 @@ class NodeTestCase(unittest.TestCase):
         self.msrsave = msrsave_path()
         self.env = dict(os.environ)
         self.env.pop("PBS_HOOK_CONFIG_FILE", None)
-        self.env.pop("MSR_RESTORE_CONFIG", None)
+        # msrsave reads $MSR_RESTORE_CONFIG (else /etc/msr-restore/msr-restore.conf, which
+        # this host may have): an empty file, unless a test writes one
+        self.msr_restore_conf = os.path.join(self.tmp, "msr-restore.conf")
+        with open(self.msr_restore_conf, "w") as f:
+            f.write("# empty: msrsave's defaults\n")
+        self.env["MSR_RESTORE_CONFIG"] = self.msr_restore_conf
         self.env["FAKE_MSRSAVE_LOG"] = self.fake_log
         # The server's view of the vnodes ({name: {"state", "comment"}}), kept across hook runs.
         self.server = {}
@@ -134,6 +139,25 @@ class NodeTestCase(unittest.TestCase):
             self.write_msr(cpu, CLOCK_MOD, self.read_msr(cpu, CLOCK_MOD) ^ 0x11)
         self.write_msr(0, PKG_POWER_LIMIT, self.read_msr(0, PKG_POWER_LIMIT) ^ 0x00000000000080FF)
 
+    def msrsave_json(self, *args):
+        """Ask the real msrsave (on the emulated node, with the test's state dir)."""
+        out = subprocess.run([self.msrsave, "--format", "json", "--set", "root=" + self.root,
+                              "--set", "state_dir=" + self.state_dir] + list(args),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                             timeout=60)
+        return json.loads(out.stdout.decode())
+
+    def registered(self):
+        """The jobs msrsave holds the node for (msrsave job status)."""
+        return self.msrsave_json("job", "status")["active_jobs"]
+
+    def age_registration(self, job_id, seconds):
+        """A fixture: make job_id's registration look `seconds` older, past msrsave's reconcile
+        grace (as msr_backend/src/jobs/tests.rs ages one: the registration file's mtime)."""
+        path = os.path.join(self.state_dir, "jobs", job_id)
+        st = os.stat(path)
+        os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
     # --- hook config and runs ------------------------------------------------------------------
 
     def config(self, **overrides):
@@ -143,7 +167,6 @@ class NodeTestCase(unittest.TestCase):
             "state_dir": self.state_dir,
             "baseline": self.baseline,
             "hook_state_dir": self.hook_state_dir,
-            "msr_restore_conf": os.path.join(self.tmp, "no-msr-restore.conf"),
             "alarm": 30,
             "timeout": 20,
         }

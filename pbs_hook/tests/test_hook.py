@@ -9,7 +9,7 @@ import subprocess
 import sys
 import unittest
 
-from helpers import (ALLOWLIST, CPUS, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
+from helpers import (ALLOWLIST, CPUS, FAKE_MSRSAVE, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
                      ND_FREE, ND_JOBBUSY, ND_OFFLINE, PERF_CTL, NodeTestCase, needs_msrsave)
 
 
@@ -27,7 +27,7 @@ class JobCycleTests(NodeTestCase):
         res = self.run_hook("execjob_prologue", "101.pbs", self.cfg)
         self.assertAccepted(res)
         self.assertUntouched(res)
-        self.assertTrue(os.path.isdir(os.path.join(self.state_dir, "jobs")))
+        self.assertEqual(self.registered(), ["101.pbs"])
 
         self.job_changes_registers()
         self.assertNotEqual(self.registers(), before)
@@ -365,31 +365,54 @@ class HealthTests(NodeTestCase):
         self.assertEqual(res.log_text(LOG_ERROR), "")
 
     def test_periodic_ends_a_job_the_mom_forgot(self):
-        """The state dir holds a job the mom no longer lists (its end hook never ran): after
-        stale_job_grace the periodic hook ends it, which restores the registers."""
-        cfg = self.config(stale_job_grace=60)
-        self.assertAccepted(self.run_hook("exechost_startup", config=cfg))
+        """msrsave holds the host for a job the mom no longer lists (its end hook never ran):
+        the periodic hook has msrsave reconcile with the mom's job list, which ends it once it
+        has been registered for msrsave's grace period (120 s) and restores the registers after
+        the last one."""
+        self.assertAccepted(self.run_hook("exechost_startup", config=self.cfg))
         before = self.registers()
-        self.assertAccepted(self.run_hook("execjob_prologue", "303.pbs", cfg))
-        self.assertAccepted(self.run_hook("execjob_prologue", "304.pbs", cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "303.pbs", self.cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "304.pbs", self.cfg))
         self.job_changes_registers()
-        # young records, or jobs the mom lists: left alone
-        res = self.run_hook("exechost_periodic", config=cfg, job_list=["304.pbs"])
+        # young registrations, or jobs the mom lists: left alone
+        res = self.run_hook("exechost_periodic", config=self.cfg, job_list=["304.pbs"])
         self.assertAccepted(res)
+        self.assertEqual(self.registered(), ["303.pbs", "304.pbs"])
         self.assertNotEqual(self.registers(), before)
-        old = os.path.join(self.state_dir, "jobs", "303.pbs")
-        os.utime(old, (os.stat(old).st_atime - 120, os.stat(old).st_mtime - 120))
-        res = self.run_hook("exechost_periodic", config=cfg, job_list=["304.pbs"])
+        self.age_registration("303.pbs", 130)  # a fixture: msrsave's grace is 120 s
+        res = self.run_hook("exechost_periodic", config=self.cfg, job_list=["304.pbs"])
         self.assertAccepted(res)
-        self.assertIn("303.pbs has held this host", res.log_text(LOG_WARNING))
+        self.assertIn("the mom no longer runs this job: job 303.pbs ended by reconciliation: "
+                      "registered 130 s ago", res.log_text(LOG_WARNING))
+        self.assertIn("other jobs still on this host: 304.pbs", res.log_text(LOG_WARNING))
+        self.assertEqual(self.registered(), ["304.pbs"])
         self.assertNotEqual(self.registers(), before, "304.pbs still runs")
-        old = os.path.join(self.state_dir, "jobs", "304.pbs")
-        os.utime(old, (os.stat(old).st_atime - 120, os.stat(old).st_mtime - 120))
-        res = self.run_hook("exechost_periodic", config=cfg, job_list=[])
+        self.age_registration("304.pbs", 130)
+        res = self.run_hook("exechost_periodic", config=self.cfg, job_list=[])
         self.assertAccepted(res)
-        self.assertIn("stale job 304.pbs ended: MSRs restored", res.log_text(LOG_WARNING))
+        warnings = res.log_text(LOG_WARNING)
+        self.assertIn("job 304.pbs ended by reconciliation", warnings)
+        self.assertIn("MSRs restored (", warnings)
+        self.assertIn("changed by the job(s): 0x00000199 IA32_PERF_CTL on CPUs 0-3", warnings)
         self.assertEqual(self.registers(), before)
+        self.assertEqual(self.registered(), [])
         self.assertUntouched(res)  # and the check that follows is clean
+        self.assertIn("MSR check clean", res.log_text(LOG_DEBUG))
+
+    def test_periodic_restore_failure_of_a_job_the_mom_forgot_offlines(self):
+        """The reconcile's restore fails (a CPU's register file gone): msrsave says so, keeps
+        the snapshot with no job left, and the hook takes the vnode offline with its words."""
+        self.assertAccepted(self.run_hook("exechost_startup", config=self.cfg))
+        self.assertAccepted(self.run_hook("execjob_prologue", "305.pbs", self.cfg))
+        self.job_changes_registers()
+        self.age_registration("305.pbs", 130)
+        os.rename(self.reg_file(3), self.reg_file(3) + ".gone")
+        res = self.run_hook("exechost_periodic", config=self.cfg, job_list=[])
+        self.assertAccepted(res)
+        self.assertOffline(res, contains="MSR restore failed after a job the mom no longer "
+                           "runs: restore incomplete at the end of job 305.pbs")
+        self.assertIn("cannot end the jobs the mom no longer runs", res.log_text(LOG_ERROR))
+        self.assertEqual(self.held(), [self.local])
 
     def test_periodic_without_baseline_takes_one(self):
         res = self.run_hook("exechost_periodic", config=self.cfg)
@@ -534,9 +557,10 @@ class FailureTests(NodeTestCase):
         res = self.run_hook("execjob_end", "409.pbs", cfg, vnodes=vnodes, in_ms_mom=False)
         self.assertAccepted(res)
         self.assertOffline(res, "node2", contains="IA32_PERF_CTL")
-        # A register a package shares is named with its package, once.
-        self.assertOffline(res, "node2",
-                           contains="package 1 (CPU 56) MSR 0x00000610 (MSR_PKG_POWER_LIMIT)")
+        # A register a package shares is named with its package, once (in the mom log: the
+        # vnode comment is cut at MAX_COMMENT characters).
+        self.assertIn("package 1 (CPU 56) MSR 0x00000610 (MSR_PKG_POWER_LIMIT)",
+                      res.log_text(LOG_ERROR))
         self.assertOffline(res, "node2[1]")
         self.assertUntouched(res, "node1")
         self.assertUntouched(res, "node20")
@@ -553,7 +577,8 @@ class FailureTests(NodeTestCase):
         cfg = self.fake_config("error")
         res = self.run_hook("execjob_prologue", "411.pbs", cfg)
         self.assertRejected(res)
-        self.assertIn("state directory /nonexistent: not a directory", res.reject_msg)
+        self.assertIn("state directory %s: cannot create: File exists (os error 17)"
+                      % self.state_dir, res.reject_msg)
 
     def test_local_vnode_missing_from_vnode_list_is_added(self):
         cfg = self.fake_config("fail")
@@ -610,20 +635,51 @@ class FailureTests(NodeTestCase):
         self.assertAccepted(res)
         self.assertEqual(self.fake_calls(), [])
 
-    def test_root_and_state_dir_are_passed(self):
-        cfg = self.fake_config("ok")
+    def test_msr_restore_keys_are_passed_with_set(self):
+        """The hook config's msr-restore keys go to every msrsave call as --set KEY=VALUE,
+        msr_restore_conf as --config; a job begin or end makes no other call."""
+        conf = os.path.join(self.tmp, "site.conf")
+        cfg = self.fake_config("ok", msr_restore_conf=conf, lock_timeout=30, backend="msr",
+                               allowlist_dir=["/a", "/b"])
         self.assertAccepted(self.run_hook("execjob_prologue", "415.pbs", cfg))
         self.assertAccepted(self.run_hook("execjob_end", "415.pbs", cfg))
-        calls = self.fake_calls()
-        self.assertEqual(calls[0], ["--json", "--root", self.root, "job", "begin", "415.pbs",
-                                    "--state-dir", self.state_dir])
-        self.assertEqual(calls[1], ["--json", "--root", self.root, "job", "end", "415.pbs",
-                                    "--state-dir", self.state_dir])
+        sets = ["--config", conf, "--set", "allowlist_dir=/a:/b", "--set", "backend=msr",
+                "--set", "baseline=" + self.baseline, "--set", "lock_timeout=30",
+                "--set", "root=" + self.root, "--set", "state_dir=" + self.state_dir]
+        self.assertEqual(self.fake_calls(), [
+            ["--format", "json"] + sets + ["job", "begin", "415.pbs"],
+            ["--format", "json"] + sets + ["job", "end", "415.pbs"]])
 
-    def test_no_root_for_a_real_node(self):
-        cfg = self.fake_config("ok", root="")
+    def test_null_or_empty_msr_restore_keys_are_not_passed(self):
+        cfg = self.fake_config("ok", root="", state_dir=None, baseline=None, on_drift=None)
         self.assertAccepted(self.run_hook("execjob_prologue", "416.pbs", cfg))
-        self.assertEqual(self.fake_calls()[0][:3], ["--json", "job", "begin"])
+        self.assertEqual(self.fake_calls(), [["--format", "json", "job", "begin", "416.pbs"]])
+
+    def test_periodic_asks_config_show_and_reconcile(self):
+        """The periodic hook asks msrsave: config show (once), job reconcile with the mom's job
+        list; nothing else while jobs run. Startup: config show, job status, save."""
+        cfg = self.fake_config("ok", root="", state_dir=None)
+        base = ["--format", "json", "--set", "baseline=" + self.baseline]
+        res = self.run_hook("exechost_periodic", config=cfg, job_list=["7.pbs", "8.pbs"])
+        self.assertAccepted(res)
+        self.assertEqual(self.fake_calls(), [
+            base + ["config", "show"],
+            base + ["job", "reconcile", "--running-jobs=7.pbs,8.pbs"]])
+        os.unlink(self.fake_log)
+        res = self.run_hook("exechost_periodic", config=cfg, job_list=[])
+        self.assertAccepted(res)
+        # the fake's config show says the baseline is the one --set gave; none there: taken
+        self.assertEqual(self.fake_calls(), [
+            base + ["config", "show"],
+            base + ["job", "reconcile", "--running-jobs="],
+            base + ["save", self.baseline]])
+        os.unlink(self.fake_log)
+        res = self.run_hook("exechost_startup", config=cfg)
+        self.assertAccepted(res)
+        self.assertEqual(self.fake_calls(), [
+            base + ["config", "show"],
+            base + ["job", "status"],
+            base + ["save", self.baseline]])
 
 
 class ConfigTests(NodeTestCase):
@@ -663,9 +719,10 @@ class ConfigTests(NodeTestCase):
         self.assertIn("PBS_HOOK_CONFIG_FILE unset", res.log_text(LOG_WARNING))
 
     def test_bad_values_fall_back_per_key(self):
-        """A bad value costs only that key: the rest of the file still applies."""
+        """A bad value of one of the hook's own keys costs only that key: the rest of the file
+        still applies. A key the hook no longer has is ignored with a warning."""
         cfg = self.fake_config("fail", timeout="ten", on_restore_failure="shrug", alarm=-1,
-                               load_allowlist="yes", bogus_key=1, state_dir="relative/dir")
+                               load_allowlist="yes", stale_job_grace=600)
         res = self.run_hook("execjob_epilogue", "501.pbs", cfg)
         self.assertAccepted(res)
         errors = res.log_text(LOG_ERROR)
@@ -673,46 +730,152 @@ class ConfigTests(NodeTestCase):
         self.assertIn("on_restore_failure must be one of offline|log, got 'shrug'", errors)
         self.assertIn("alarm must be a positive number", errors)
         self.assertIn("load_allowlist must be true or false", errors)
-        self.assertIn("state_dir must be an absolute path", errors)
-        self.assertIn("unknown key 'bogus_key'", res.log_text(LOG_WARNING))
+        self.assertIn("unknown key 'stale_job_grace' ignored", res.log_text(LOG_WARNING))
         self.assertOffline(res)  # on_restore_failure fell back to offline
-        # the fake msrsave from the file was still used, with the default state dir
-        self.assertEqual(self.fake_calls()[0][-1], "/run/msr-restore")
+        # the fake msrsave from the file was still used, and stale_job_grace not passed on
+        calls = self.fake_calls()
+        self.assertEqual(calls[0][-3:], ["job", "end", "501.pbs"])
+        self.assertFalse([a for a in calls[0] if "stale_job_grace" in a], calls)
 
-    def test_msr_restore_conf_supplies_defaults(self):
-        conf = os.path.join(self.tmp, "msr-restore.conf")
-        with open(conf, "w") as f:
-            f.write("# site config\nbackend = auto\nstate_dir = %s/from-conf   # comment\n"
-                    "on_drift = drain\nthis line is broken\n" % self.tmp)
-        cfg = self.fake_config("ok", state_dir=None, msr_restore_conf=conf)
-        res = self.run_hook("execjob_prologue", "502.pbs", cfg)
-        self.assertAccepted(res)
-        self.assertEqual(self.fake_calls()[0][-1], self.tmp + "/from-conf")
-        self.assertIn("%s line 5" % conf, res.log_text(LOG_ERROR))
+    def check_config(self, path, *args):
+        return subprocess.run([sys.executable, HOOK, "--check-config", path] + list(args),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
 
     def test_shipped_config_is_valid(self):
         shipped = os.path.join(os.path.dirname(HOOK), "msr_restore_hook.json")
-        out = subprocess.run([sys.executable, HOOK, "--check-config", shipped],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=dict(self.env, MSR_RESTORE_CONFIG="/nonexistent"))
+        out = self.check_config(shipped, "--msrsave", self.msrsave or FAKE_MSRSAVE)
         self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stderr, b"")
         cfg = json.loads(out.stdout.decode())
         self.assertLess(cfg["timeout"], cfg["alarm"])
-        self.assertEqual(cfg["on_drift"], "offline")
+        self.assertEqual(cfg["msr_restore_set"], [])
+        self.assertEqual(cfg["msr_restore"]["on_drift"], "drain")
 
     def test_check_config_command_line(self):
         path = self.write('{"timeout": 50, "alarm": 30}')
-        out = subprocess.run([sys.executable, HOOK, "--check-config", path],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        out = self.check_config(path, "--msrsave", FAKE_MSRSAVE)
         self.assertEqual(out.returncode, 1)
         self.assertIn(b"does not leave", out.stderr)
-        out = subprocess.run([sys.executable, HOOK, "--check-config", path, "--get", "alarm"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        out = self.check_config(path, "--msrsave", FAKE_MSRSAVE, "--get", "alarm")
         self.assertEqual(out.stdout.strip(), b"30")
         out = subprocess.run([sys.executable, HOOK], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=self.env)
         self.assertEqual(out.returncode, 2)
         self.assertIn(b"runs inside PBS", out.stderr)
+
+    def test_check_config_needs_msrsave(self):
+        path = self.write('{"msrsave": "%s/no-msrsave"}' % self.tmp)
+        out = self.check_config(path)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"msrsave %s/no-msrsave is not there" % self.tmp.encode(), out.stderr)
+        self.assertIn(b"--msrsave PATH", out.stderr)
+
+
+@needs_msrsave
+class SharedConfigTests(NodeTestCase):
+    """The msr-restore keys: msrsave judges them and says what they are (config show); the
+    hook only passes them on."""
+
+    def setUp(self):
+        NodeTestCase.setUp(self)
+        self.emulate()
+
+    def write_conf(self, text):
+        conf = os.path.join(self.tmp, "site-msr-restore.conf")
+        with open(conf, "w") as f:
+            f.write(text)
+        return conf
+
+    def check_config(self, path, *args):
+        return subprocess.run([sys.executable, HOOK, "--check-config", path] + list(args),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+
+    def test_bad_shared_value_offlines_on_begin_with_msrsaves_words(self):
+        """on_drift = offline (the hook's old word): msrsave refuses it, naming it; the job's
+        begin fails, the vnode goes offline with msrsave's message in the comment."""
+        cfg = self.config(on_drift="offline")
+        res = self.run_hook("execjob_prologue", "601.pbs", cfg)
+        self.assertRejected(res)
+        wording = 'bad argument \'on_drift=offline\' in --set: on_drift: "offline" is not drain or log'
+        self.assertOffline(res, contains=wording)
+        self.assertIn(wording, res.reject_msg)
+        self.assertIn(wording, res.log_text(LOG_ERROR))
+        self.assertEqual(self.registered(), [])
+
+    def test_unknown_shared_key_offlines_on_begin(self):
+        cfg = self.config(on_drfit="log")
+        res = self.run_hook("execjob_prologue", "602.pbs", cfg)
+        self.assertRejected(res)
+        self.assertOffline(res, contains="unknown key 'on_drfit'")
+
+    def test_bad_shared_value_periodic_says_the_check_could_not_run(self):
+        cfg = self.config(lock_timeout=0)
+        res = self.run_hook("exechost_periodic", config=cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        errors = res.log_text(LOG_ERROR)
+        self.assertIn("MSR drift check could not run: bad argument 'lock_timeout=0' in --set: "
+                      "lock_timeout", errors)
+
+    def test_check_config_catches_a_bad_shared_key(self):
+        path = self.config(on_drift="offline")
+        out = self.check_config(path)
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn(b'msrsave does not accept the msr-restore configuration: bad argument '
+                      b'\'on_drift=offline\' in --set: on_drift: "offline" is not drain or log',
+                      out.stderr)
+        out = self.check_config(self.config(on_drift="log"))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(json.loads(out.stdout.decode())["msr_restore"]["on_drift"], "log")
+
+    def test_check_config_catches_a_bad_msr_restore_conf(self):
+        conf = self.write_conf("state_dir = %s\nthis line is broken\n" % self.state_dir)
+        out = self.check_config(self.config(msr_restore_conf=conf))
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(("%s:2" % conf).encode(), out.stderr)
+
+    def test_msr_restore_conf_supplies_state_dir_baseline_and_on_drift(self):
+        """msr_restore_conf names the file msrsave reads (--config): its state_dir is where
+        jobs are registered, its baseline is the one the health events take and check, its
+        on_drift = log keeps the vnode in service on drift."""
+        state = os.path.join(self.tmp, "from-conf-state")
+        baseline = os.path.join(self.tmp, "from-conf", "baseline.json")
+        conf = self.write_conf("# site config\nstate_dir = %s   # comment\nbaseline = %s\n"
+                               "on_drift = log\n" % (state, baseline))
+        cfg = self.config(state_dir=None, baseline=None, msr_restore_conf=conf)
+        self.assertAccepted(self.run_hook("exechost_startup", config=cfg))
+        self.assertTrue(os.path.exists(baseline))
+        self.assertFalse(os.path.exists(self.baseline))
+        self.assertAccepted(self.run_hook("execjob_prologue", "603.pbs", cfg))
+        self.state_dir = state
+        self.assertEqual(self.registered(), ["603.pbs"])
+        self.assertAccepted(self.run_hook("execjob_epilogue", "603.pbs", cfg))
+        self.write_msr(0, PERF_CTL, self.read_msr(0, PERF_CTL) ^ 0x0100)
+        res = self.run_hook("exechost_periodic", config=cfg)
+        self.assertAccepted(res)
+        self.assertUntouched(res)
+        self.assertIn("MSR drift: 1 registers", res.log_text(LOG_WARNING))
+        self.assertIn("on_drift = log", res.log_text(LOG_WARNING))
+        # the hook config's own on_drift wins over the file's
+        res = self.run_hook("exechost_periodic", config=self.config(
+            state_dir=None, baseline=None, msr_restore_conf=conf, on_drift="drain"))
+        self.assertOffline(res, contains="MSR drift: 1 registers")
+
+    def test_msr_restore_config_env_is_msrsaves(self):
+        """Without msr_restore_conf, msrsave reads $MSR_RESTORE_CONFIG itself."""
+        baseline = os.path.join(self.tmp, "env-baseline.json")
+        with open(self.msr_restore_conf, "w") as f:
+            f.write("baseline = %s\n" % baseline)
+        self.assertAccepted(self.run_hook("exechost_startup",
+                                          config=self.config(baseline=None)))
+        self.assertTrue(os.path.exists(baseline))
+
+    def test_broken_msr_restore_conf_fails_the_begin_with_its_line(self):
+        conf = self.write_conf("backend = auto\nthis line is broken\n")
+        res = self.run_hook("execjob_prologue", "604.pbs",
+                            self.config(msr_restore_conf=conf))
+        self.assertRejected(res)
+        self.assertOffline(res, contains="%s:2" % conf)
 
 
 class PortabilityTests(unittest.TestCase):

@@ -7,22 +7,33 @@ import subprocess
 import tempfile
 import unittest
 
-from helpers import HOOK, PBS_HOOK, TESTS
+from helpers import HOOK, PBS_HOOK, TESTS, msrsave_path, needs_msrsave
 
 INSTALL = os.path.join(PBS_HOOK, "install.sh")
 UNINSTALL = os.path.join(PBS_HOOK, "uninstall.sh")
 CONFIG = os.path.join(PBS_HOOK, "msr_restore_hook.json")
 
 
+@needs_msrsave
 class InstallTests(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="msr-restore-qmgr-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
+        # install.sh has msrsave check the config's msr-restore keys: the real msrsave, with an
+        # empty msr-restore.conf
+        conf = os.path.join(self.tmp, "msr-restore.conf")
+        open(conf, "w").close()
         self.env = dict(os.environ, QMGR=os.path.join(TESTS, "fake_qmgr"),
-                        FAKE_QMGR_DIR=self.tmp, MSR_RESTORE_CONFIG="/nonexistent")
+                        FAKE_QMGR_DIR=self.tmp, MSR_RESTORE_CONFIG=conf)
 
-    def run_sh(self, script, *args):
-        return subprocess.run([script] + list(args), stdout=subprocess.PIPE,
+    def run_sh(self, script, *args, **kw):
+        """The script; install.sh with --msrsave (the shipped config's /usr/bin/msrsave is not
+        installed here) unless msrsave=None."""
+        args = list(args)
+        msrsave = kw.get("msrsave", msrsave_path())
+        if script == INSTALL and msrsave:
+            args += ["--msrsave", msrsave]
+        return subprocess.run([script] + args, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=self.env, timeout=60)
 
     def hooks(self):
@@ -87,6 +98,25 @@ class InstallTests(unittest.TestCase):
         p = self.run_sh(INSTALL, "--config", cfg)
         self.assertEqual(p.returncode, 1)
         self.assertIn(b"has errors", p.stderr)
+        self.assertEqual(self.hooks(), {})
+
+    def test_config_msrsave_refuses_stops_the_install(self):
+        cfg = os.path.join(self.tmp, "bad-shared.json")
+        with open(cfg, "w") as f:
+            json.dump({"on_drift": "offline"}, f)
+        p = self.run_sh(INSTALL, "--config", cfg)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b'on_drift: "offline" is not drain or log', p.stderr)
+        self.assertIn(b"has errors", p.stderr)
+        self.assertEqual(self.hooks(), {})
+
+    def test_install_without_msrsave_says_so(self):
+        if os.path.exists("/usr/bin/msrsave"):
+            self.skipTest("/usr/bin/msrsave is installed on this host")
+        p = self.run_sh(INSTALL, msrsave=None)  # the shipped config's /usr/bin/msrsave
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"msrsave /usr/bin/msrsave is not there", p.stderr)
+        self.assertIn(b"--msrsave PATH", p.stderr)
         self.assertEqual(self.hooks(), {})
 
     def test_uninstall(self):

@@ -97,6 +97,44 @@ class TorqueCycleTests(ScriptTestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(self.registers(), before)
 
+    def test_prologue_failure_carries_msrsaves_message_whole(self):
+        """msrsave refuses the job id; its --format shell line quotes the message, quotes
+        inside it included, and the message reaches stderr and OFFLINE_CMD whole."""
+        p = self.run_script(PROLOGUE, prologue_args("bad'id"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        why = "cannot snapshot MSRs for job bad'id: job id \"bad'id\" is not usable as a file name"
+        self.assertIn(why.encode(), p.stderr)
+        self.assertTrue(self.offline_calls()[2].startswith("msr-restore: " + why),
+                        self.offline_calls())
+
+    def test_prologue_refused_msr_restore_conf_requeues_with_its_line(self):
+        """msrsave reads msr-restore.conf itself ($MSR_RESTORE_CONFIG here); a line it refuses
+        fails the begin, and its message names the file and line."""
+        with open(self.msr_restore_conf, "w") as f:
+            f.write("backend = auto\non_drift = offline\n")
+        p = self.run_script(PROLOGUE, prologue_args("16.pbs"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(('%s:2: on_drift: "offline" is not drain or log'
+                       % self.msr_restore_conf).encode(), p.stderr)
+        self.assertIn("%s:2" % self.msr_restore_conf, self.offline_calls()[2])
+
+    def test_bad_state_dir_setting_is_msrsaves_to_refuse(self):
+        self.conf(STATE_DIR="relative/state")
+        p = self.run_script(PROLOGUE, prologue_args("17.pbs"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"bad argument 'state_dir=relative/state' in --set: state_dir: the path "
+                      b"must be absolute", p.stderr)
+
+    def test_epilogue_real_restore_failure_offlines_with_msrsaves_words(self):
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("18.pbs")).returncode, 0)
+        self.job_changes_registers()
+        os.rename(self.reg_file(3), self.reg_file(3) + ".gone")
+        p = self.run_script(EPILOGUE, epilogue_args("18.pbs"))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("MSR restore failed after job 18.pbs: restore incomplete at the end of "
+                      "job 18.pbs", self.offline_calls()[2])
+        self.assertIn("CPU 3 MSR 0x00000199 (IA32_PERF_CTL)", self.offline_calls()[2])
+
     def test_epilogue_without_prologue(self):
         p = self.run_script(EPILOGUE, epilogue_args("13.pbs", "-11"))
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -152,7 +190,16 @@ class TorqueFailureTests(ScriptTestCase):
         p = self.run_script(EPILOGUE, epilogue_args("26.pbs"))
         self.assertEqual(p.returncode, 1)
         calls = self.offline_calls()
-        self.assertIn("MSR restore failed after job 26.pbs", calls[2])
+        self.assertIn("MSR restore failed after job 26.pbs: restore incomplete at the end of "
+                      "job 26.pbs: 2 register(s) not restored", calls[2])
+
+    def test_output_without_a_result_line_fails(self):
+        """msrsave exits 0 but prints no --format shell line: not taken for a success."""
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.env["FAKE_MSRSAVE_MODE"] = "badjson"
+        p = self.run_script(PROLOGUE, prologue_args("31.pbs"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"msrsave exit 0 without a result: msrsave: this is not JSON", p.stderr)
 
     def test_epilogue_timeout_offlines(self):
         self.conf(MSRSAVE=FAKE_MSRSAVE, TIMEOUT="1")
@@ -166,11 +213,10 @@ class TorqueFailureTests(ScriptTestCase):
         self.env["FAKE_MSRSAVE_MODE"] = "ok"
         self.assertEqual(self.run_script(PROLOGUE, prologue_args("28.pbs")).returncode, 0)
         self.assertEqual(self.run_script(EPILOGUE, epilogue_args("28.pbs")).returncode, 0)
-        self.assertEqual(self.fake_calls(), [
-            ["--root", self.root, "--json", "job", "begin", "28.pbs", "--state-dir",
-             self.state_dir],
-            ["--root", self.root, "--json", "job", "end", "28.pbs", "--state-dir",
-             self.state_dir]])
+        sets = ["--format", "shell", "--set", "root=" + self.root,
+                "--set", "state_dir=" + self.state_dir]
+        self.assertEqual(self.fake_calls(), [sets + ["job", "begin", "28.pbs"],
+                                             sets + ["job", "end", "28.pbs"]])
 
     def test_no_job_id_is_a_usage_error(self):
         self.conf(MSRSAVE=FAKE_MSRSAVE)

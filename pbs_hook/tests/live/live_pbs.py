@@ -36,7 +36,9 @@ HOOKS = [PREFIX + "_begin", PREFIX + "_end", PREFIX + "_check"]
 REJECT_HOOK = PREFIX + "_reject"
 PROBE_HOOK = PREFIX + "_probe"
 CHECK_FREQ = 5
-STALE_GRACE = 15
+# msrsave job reconcile ends a registration the mom does not list once it is older than this
+# (jobs::RECONCILE_GRACE in msr_backend/src/jobs/mod.rs)
+RECONCILE_GRACE = 120
 CPUS = 4
 PERF_CTL, CLOCK_MOD, PKG_POWER_LIMIT = 0x199, 0x19A, 0x610
 DRIFT_COMMENT = ("msr-restore: MSR drift: 1 registers on 1 CPUs differ from the snapshot "
@@ -81,6 +83,8 @@ class Suite(object):
             os.chmod(d, 0o1777)
         self.node = None
         self.config = os.path.join(self.work, "hook.json")
+        # the msr-restore.conf msrsave reads (the hook passes it as --config): scenarios edit it
+        self.msr_restore_conf = os.path.join(self.work, "msr-restore.conf")
         self.jobs = []
 
     # --- reporting ---------------------------------------------------------------------------
@@ -179,11 +183,26 @@ class Suite(object):
     def wait_finished(self, job_id):
         self.wait("job %s finished" % job_id, lambda: self.job_state(job_id) == "F", timeout=90)
 
+    def msrsave(self, *args):
+        """Ask msrsave, as the hook does (same conf, same state dir, same node)."""
+        _, out, _ = self.run([MSRSAVE, "--format", "json", "--config", self.msr_restore_conf,
+                              "--set", "root=" + self.root, "--set",
+                              "state_dir=" + self.state_dir] + list(args), check=False)
+        return json.loads(out)
+
+    def job_status(self):
+        status = self.msrsave("job", "status")
+        if not status.get("ok"):
+            raise Failed("msrsave job status: %s" % status.get("error"))
+        return status
+
     def registered(self):
-        try:
-            return sorted(os.listdir(os.path.join(self.state_dir, "jobs")))
-        except OSError:
-            return []
+        """The jobs msrsave holds the node for."""
+        return sorted(self.job_status()["active_jobs"])
+
+    def write_msr_restore_conf(self, text):
+        with open(self.msr_restore_conf, "w") as f:
+            f.write("# msr-restore.conf of the live suite\n" + text)
 
     def mom_log(self, since):
         """Lines of the mom's logs written at or after `since` (whole seconds)."""
@@ -277,9 +296,9 @@ class Suite(object):
     def write_config(self):
         cfg = {"msrsave": MSRSAVE, "root": self.root, "state_dir": self.state_dir,
                "baseline": self.baseline, "hook_state_dir": self.hook_state_dir,
-               "msr_restore_conf": os.path.join(self.work, "no-msr-restore.conf"),
-               "alarm": 30, "timeout": 20, "check_freq": CHECK_FREQ,
-               "stale_job_grace": STALE_GRACE}
+               "msr_restore_conf": self.msr_restore_conf,
+               "alarm": 30, "timeout": 20, "check_freq": CHECK_FREQ}
+        self.write_msr_restore_conf("")
         with open(self.config, "w") as f:
             json.dump(cfg, f, indent=1)
 
@@ -438,7 +457,7 @@ class Suite(object):
         self.wait("job %s registered by the prologue" % job_id,
                   lambda: job_id in self.registered())
         self.check("prologue: snapshot taken and the job registered",
-                   os.path.exists(os.path.join(self.state_dir, "snapshot.msr")))
+                   self.job_status().get("snapshot"), self.job_status())
         self.job_changes_registers()
         self.release(flag)
         self.wait_finished(job_id)
@@ -593,8 +612,10 @@ class Suite(object):
         self.check("restore failure: still offline while the registers are wrong, same comment",
                    "offline" in self.vnode()[0] and self.vnode()[1].startswith(expected),
                    self.vnode())
-        self.run([MSRSAVE, "--root", self.root, "restore",
-                  os.path.join(self.state_dir, "snapshot.msr")])
+        snapshot = self.job_status().get("snapshot")
+        self.check("restore failure: msrsave keeps the snapshot, no job holds the node",
+                   snapshot and self.registered() == [], self.job_status())
+        self.run([MSRSAVE, "--root", self.root, "restore", snapshot])
         self.check("restore failure: the admin's msrsave restore fixed the registers",
                    self.registers() == before)
         self.wait("the periodic check to bring the vnode back",
@@ -612,6 +633,58 @@ class Suite(object):
         self.wait("the clean check to bring it back", lambda: self.vnode() == ("free", None),
                   timeout=45)
         self.check("drift fixed: back to free with no comment", True)
+
+    def scenario_drift_policy(self):
+        """on_drift in msr-restore.conf (msrsave reads it; the hook asks config show): log keeps
+        the vnode in service on a drift, drain takes it offline."""
+        self.write_msr_restore_conf("on_drift = log\n")
+        original = self.read_msr(1, PERF_CTL)
+        self.write_msr(1, PERF_CTL, original ^ 0x0C00)
+        try:
+            self.wait_periodic("(on_drift = log: the host stays in service)", count=2)
+            self.check("on_drift = log in msr-restore.conf: drift logged, vnode stays free",
+                       self.vnode() == ("free", None), self.vnode())
+            self.write_msr_restore_conf("on_drift = drain\n")
+            self.wait("on_drift = drain: the drift to take the vnode offline",
+                      lambda: "offline" in self.vnode()[0], timeout=45)
+            self.check("on_drift = drain in msr-restore.conf: offline, the drift named",
+                       self.vnode()[1] == DRIFT_COMMENT, self.vnode())
+        finally:
+            self.write_msr(1, PERF_CTL, original)
+            self.write_msr_restore_conf("")
+        self.wait("the clean check to bring it back", lambda: self.vnode() == ("free", None),
+                  timeout=45)
+        self.check("on_drift = drain, drift fixed: back to free with no comment", True)
+
+    def scenario_refused_config(self):
+        """A line of msr-restore.conf msrsave refuses: the job's begin fails and the vnode goes
+        offline with msrsave's own words (file and line) in its comment; the periodic hook
+        says the check could not run, in the same words. Once the line is fixed, the periodic
+        check brings the vnode back and the requeued job runs."""
+        self.write_msr_restore_conf("on_drift = offline\n")
+        words = '%s:2: on_drift: "offline" is not drain or log' % self.msr_restore_conf
+        since = time.time()
+        job_id, flag = self.submit("refused")
+        try:
+            self.wait("the vnode offline for the refused configuration",
+                      lambda: words in (self.vnode()[1] or ""), timeout=60)
+            state, comment = self.vnode()
+            self.check("refused config: vnode offline, msrsave's words in the comment",
+                       "offline" in state and comment == "msr-restore: cannot snapshot MSRs "
+                       "for job %s: %s" % (job_id, words), (state, comment))
+            self.wait_periodic("MSR drift check could not run: " + words, since=since)
+            self.check("refused config: the periodic hook says the check could not run", True)
+        finally:
+            self.write_msr_restore_conf("")
+        self.wait("the periodic check to bring the vnode back",
+                  lambda: self.vnode() == ("free", None), timeout=60)
+        # a vnode back online does not start a scheduling cycle (the next one may be
+        # scheduler_iteration, 10 minutes, away): start one
+        self.qmgr("set server scheduling = true")
+        self.wait_running(job_id)
+        self.release(flag)
+        self.wait_finished(job_id)
+        self.check("refused config fixed: vnode back, the requeued job ran", True)
 
     def scenario_admin_offline(self):
         """pbsnodes -o -C "admin: maintenance", a drift, the drift fixed: the admin's offline and
@@ -635,18 +708,33 @@ class Suite(object):
         self.wait("the admin to bring it back", lambda: self.vnode() == ("free", None))
 
     def scenario_stale_job(self):
-        """A job the state dir holds but the mom forgot (its end hook never ran) is ended by the
-        periodic hook after stale_job_grace, which restores the registers."""
+        """A job msrsave holds the node for but the mom does not know (its end hook never ran;
+        here a registration for a job id PBS never had) is ended by the periodic hook's
+        msrsave job reconcile once it is older than msrsave's grace, which restores the
+        registers. A young one is left alone."""
         before = self.registers()
-        self.run([MSRSAVE, "--json", "--root", self.root, "job", "begin", "999.stale",
-                  "--state-dir", self.state_dir])
-        record = os.path.join(self.state_dir, "jobs", "999.stale")
-        old = time.time() - STALE_GRACE - 60
-        os.utime(record, (old, old))
+        self.require("stale job: msrsave registers 999.stale",
+                     self.msrsave("job", "begin", "999.stale").get("ok"))
         self.job_changes_registers()
-        self.wait_periodic("stale job 999.stale ended: MSRs restored", timeout=45)
+        self.wait_periodic("drift check skipped: job(s) 999.stale on this host", count=2)
+        self.check("stale job: a young registration is left alone",
+                   self.registered() == ["999.stale"] and self.registers() != before,
+                   self.registered())
+        # a fixture: age the registration past msrsave's grace (its mtime, as
+        # msr_backend/src/jobs/tests.rs does)
+        record = os.path.join(self.state_dir, "jobs", "999.stale")
+        old = time.time() - RECONCILE_GRACE - 60
+        os.utime(record, (old, old))
+        since = time.time()
+        self.wait_periodic("job 999.stale ended by reconciliation", since=since, timeout=45)
+        self.check("stale job: the periodic hook called job reconcile with the mom's job list",
+                   self.hook_lines(since - 1, "job reconcile --running-jobs="),
+                   "\n".join(self.mom_log(since)[-20:]))
         self.check("stale job: ended by the periodic hook, registers restored",
                    self.registers() == before and self.registered() == [])
+        lines = self.hook_lines(since, "job 999.stale ended by reconciliation: registered ")
+        self.check("stale job: the log says which job, how old and that MSRs were restored",
+                   any(" s ago" in l and "MSRs restored" in l for l in lines), "\n".join(lines))
         self.check("stale job: vnode free", self.vnode() == ("free", None), self.vnode())
 
     def scenario_server_periodic(self):
@@ -671,8 +759,8 @@ class Suite(object):
 
 
 SCENARIOS = ["probe", "install", "one_job", "overlap", "qdel", "rejected_prologue",
-             "begin_failure", "restore_failure", "drift", "admin_offline", "stale_job",
-             "server_periodic"]
+             "begin_failure", "restore_failure", "drift", "drift_policy", "refused_config",
+             "admin_offline", "stale_job", "server_periodic"]
 
 
 def main(argv):
