@@ -53,13 +53,30 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// `cargo test --all-targets` runs a bench without `--bench`: then it is a smoke run (a small
+/// node, one round) that keeps the bench working without costing the test suite minutes.
+fn smoke_run(bench: &str) -> bool {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if smoke {
+        println!("smoke run (no --bench): figures come from `cargo bench -p msr_backend --bench {bench}`");
+    }
+    smoke
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let cpus: u32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(256);
-    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(9);
+    let smoke = smoke_run("scopes");
+    let cpus: u32 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(if smoke { 8 } else { 256 });
+    let rounds: usize = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 9 });
     let list_path = std::env::var_os("MSR_BENCH_ALLOWLIST")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

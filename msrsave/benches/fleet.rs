@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{median, ms, msrsave, run_ok};
+use common::{median, ms, msrsave, run_ok, smoke_run};
 use msr_backend::allowlist::{Allowlist, AllowlistEntry};
 use msr_backend::device::BackendKind;
 use msr_backend::fleet::{fingerprint, Fingerprint, NodeFacts};
@@ -126,9 +126,12 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let rounds = nums.first().copied().unwrap_or(3);
+    let smoke = smoke_run("msrsave", "fleet");
+    let rounds = nums.first().copied().unwrap_or(if smoke { 1 } else { 3 });
     let sizes: Vec<usize> = if nums.len() > 1 {
         nums[1..].to_vec()
+    } else if smoke {
+        vec![1000]
     } else {
         vec![1000, 50_000]
     };

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{emulate, median, ms, msrsave, run_ok, Run};
+use common::{emulate, median, ms, msrsave, run_ok, smoke_run, Run};
 
 /// The 1000-MSR list: Skylake-SP's 399 and 601 more in an unused range.
 fn thousand(dir: &Path, base: &Path) -> PathBuf {
@@ -76,8 +76,12 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let rounds = nums.first().copied().unwrap_or(3) as usize;
-    let max_cpus = nums.get(1).copied().unwrap_or(4096);
+    let smoke = smoke_run("msrsave", "scaling");
+    let rounds = nums.first().copied().unwrap_or(if smoke { 1 } else { 3 }) as usize;
+    let max_cpus = nums
+        .get(1)
+        .copied()
+        .unwrap_or(if smoke { 64 } else { 4096 });
     let tmp = tempfile::tempdir().expect("tempdir");
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let amd = repo.join("allowlists/al_19_21");

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{build_llnl_loop, emulate, median, ms, msrsave, run_ok};
+use common::{build_llnl_loop, emulate, median, ms, msrsave, run_ok, smoke_run};
 
 /// `--read-pass ROOT`: one parallel read pass of every allowlisted register of the node.
 fn read_pass(root: &Path) {
@@ -45,8 +45,9 @@ fn main() {
         return;
     }
     let nums: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let cpus = nums.first().copied().unwrap_or(256);
-    let rounds = nums.get(1).copied().unwrap_or(15) as usize;
+    let smoke = smoke_run("msrsave", "whole_process");
+    let cpus = nums.first().copied().unwrap_or(if smoke { 8 } else { 256 });
+    let rounds = nums.get(1).copied().unwrap_or(if smoke { 1 } else { 15 }) as usize;
     let list = std::env::var_os("MSR_BENCH_ALLOWLIST").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../allowlists/al_06_55"),
         PathBuf::from,

@@ -133,3 +133,15 @@ pub fn build_llnl_loop(dir: &Path) -> Option<PathBuf> {
         None
     }
 }
+
+/// `cargo test --all-targets` runs a bench without `--bench`: then it is a smoke run (a small
+/// node, one round) that keeps the bench working without costing the test suite minutes.
+pub fn smoke_run(package: &str, bench: &str) -> bool {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if smoke {
+        println!(
+            "smoke run (no --bench): figures come from `cargo bench -p {package} --bench {bench}`"
+        );
+    }
+    smoke
+}
