@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/msr-restore/msr-restore.conf";
 pub const CONFIG_ENV: &str = "MSR_RESTORE_CONFIG";
 pub const DEFAULT_STATE_DIR: &str = "/run/msr-restore";
 pub const DEFAULT_ALLOWLIST_DIR: &str = "/usr/share/msr-restore/allowlists";
-pub const DEFAULT_BASELINE: &str = "/var/lib/msr-restore/baseline.json";
+pub const DEFAULT_BASELINE: &str = "/var/lib/msr-restore/baseline.msr";
 /// How long a job begin or end waits for the node-wide lock.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest lock wait accepted (a prolog that waits longer is killed by the scheduler anyway).

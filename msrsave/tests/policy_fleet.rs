@@ -702,7 +702,7 @@ fn the_boot_unit_writes_a_fingerprint_beside_the_baseline() {
     let n = Node::new(t.path(), "node", 4);
     let policy = t.path().join("policy.toml");
     std::fs::write(&policy, FLEET_POLICY).unwrap();
-    let baseline = t.path().join("var/baseline.json");
+    let baseline = t.path().join("var/baseline.msr");
     let conf = t.path().join("msr-restore.conf");
     let boot = |policy_line: &str| {
         std::fs::write(

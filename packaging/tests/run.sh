@@ -392,8 +392,8 @@ cat >"$root/tmp/t/al/al_06_55" <<'EOF'
 0x000001B0 0x000000000000000F
 0x00000610 0x00FFFFFF00FFFFFF
 EOF
-printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\n' >"$root/tmp/t/test.conf"
-printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\non_drift = log\n' >"$root/tmp/t/log.conf"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.msr\n' >"$root/tmp/t/test.conf"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.msr\non_drift = log\n' >"$root/tmp/t/log.conf"
 t "msrsave emulate: a 4-CPU 06_55 node with msr-safe" \
     inroot msrsave emulate /tmp/t/node --cpus 4 --cpu-model 06_55 --allowlist /tmp/t/al/al_06_55
 t "msrsave info on the emulated node reads the shipped config" inroot msrsave info --root /tmp/t/node
@@ -403,7 +403,7 @@ echo "== boot script (msr-restore-baseline.service's ExecStart)"
 boot() { inroot env MSR_RESTORE_CONFIG="$1" MSR_RESTORE_ROOT="$2" /usr/libexec/msr-restore/msr-restore-boot; }
 o=$(boot /tmp/t/test.conf /tmp/t/node 2>&1)
 rc=$?
-if [ "$rc" = 0 ] && [ -s "$root/tmp/t/b/baseline.json" ] && grep -q '0x00000199' "$root/tmp/t/node/dev/cpu/msr_allowlist"; then
+if [ "$rc" = 0 ] && [ -s "$root/tmp/t/b/baseline.msr" ] && grep -q '0x00000199' "$root/tmp/t/node/dev/cpu/msr_allowlist"; then
     ok "known CPU: allowlist al_06_55 loaded into msr-safe, baseline written"
 else
     bad "known CPU (exit $rc)"; printf '%s\n' "$o" | indent
@@ -451,14 +451,14 @@ prom_ok() { # prom_ok NAME FILE EXPECTED-DRIFT-REGISTERS
     fi
 }
 t_rc "msrsave check of the node against its baseline: clean (exit 0)" 0 \
-    inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/clean.prom
+    inroot msrsave check /tmp/t/b/baseline.msr --root /tmp/t/node --prometheus /tmp/t/clean.prom
 prom_ok "--prometheus after a clean check" "$root/tmp/t/clean.prom" 0
 [ -n "$promtool" ] || skipped "promtool: could not fetch Debian's prometheus package"
 # A job leaves IA32_PERF_CTL (0x199) changed on CPU 2: 8 bytes at offset 8*0x199.
 poke() { printf '%b' "$2" | dd of="$root/tmp/t/node/dev/cpu/$1/msr_safe" bs=1 seek=$((8 * 0x199)) conv=notrunc status=none; }
 poke 2 '\x34\x12\x00\x00\x00\x00\x00\x00'
 t_rc "msrsave check after a register changed: drift (exit 1)" 1 \
-    inroot msrsave check /tmp/t/b/baseline.json --root /tmp/t/node --prometheus /tmp/t/drift.prom
+    inroot msrsave check /tmp/t/b/baseline.msr --root /tmp/t/node --prometheus /tmp/t/drift.prom
 prom_ok "--prometheus after drift" "$root/tmp/t/drift.prom" 1
 
 rm -f "$root/tmp/t/timer.prom"
@@ -467,7 +467,7 @@ t_rc "msr-restore-check (the timer's script) after drift: exit 1, textfile writt
     /usr/libexec/msr-restore/msr-restore-check
 [ -s "$root/tmp/t/timer.prom" ] && prom_ok "msr-restore-check's textfile" "$root/tmp/t/timer.prom" 1
 mkdir -p "$root/tmp/t/state/jobs" && : >"$root/tmp/t/state/jobs/42"
-printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.json\nstate_dir = /tmp/t/state\n' >"$root/tmp/t/jobs.conf"
+printf 'allowlist_dir = /tmp/t/al\nbaseline = /tmp/t/b/baseline.msr\nstate_dir = /tmp/t/state\n' >"$root/tmp/t/jobs.conf"
 o=$(inroot env MSR_RESTORE_CONFIG=/tmp/t/jobs.conf MSR_RESTORE_ROOT=/tmp/t/node PROM_FILE=/tmp/t/timer2.prom \
     /usr/libexec/msr-restore/msr-restore-check 2>&1)
 rc=$?
@@ -517,7 +517,7 @@ t_rc "drift while job 42 holds the node (state_dir/jobs): skipped, check passes"
 t_rc "no baseline: logged and skipped" 0 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json
 t_rc "no baseline with -m: fails" 1 nhc /tmp/t/test.conf -r /tmp/t/node -b /tmp/t/b/none.json -m
 t_rc "bad option: fails naming it" 1 nhc /tmp/t/test.conf -x
-t "msrsave restore puts the baseline back" inroot msrsave restore /tmp/t/b/baseline.json --root /tmp/t/node
+t "msrsave restore puts the baseline back" inroot msrsave restore /tmp/t/b/baseline.msr --root /tmp/t/node
 t_rc "after msrsave restore: clean, check passes" 0 nhc /tmp/t/test.conf -r /tmp/t/node
 
 echo "== shell completions"
@@ -539,7 +539,7 @@ if [ "$allowlists" = yes ]; then
         vendor=GenuineIntel
         [ "$fam" = 19 ] && vendor=AuthenticAMD
         node=/tmp/t/boot-$model
-        rm -f "$root/var/lib/msr-restore/baseline.json"
+        rm -f "$root/var/lib/msr-restore/baseline.msr"
         o=$(inroot msrsave emulate "$node" --cpus 4 --cpu-model "$(printf '%s_%02X' "$fam" "0x${model#*_}")" \
                 --vendor "$vendor" --allowlist "/usr/share/msr-restore/allowlists/al_$model" 2>&1 &&
             : >"$root$node/dev/cpu/msr_allowlist" &&
@@ -547,7 +547,7 @@ if [ "$allowlists" = yes ]; then
             inroot bash /tmp/t/nhc-harness.sh /etc/nhc/scripts check_msr_drift -r "$node" -m 2>&1)
         rc=$?
         loaded=$(grep -c '^0x' "$root$node/dev/cpu/msr_allowlist" 2>/dev/null)
-        if [ "$rc" = 0 ] && [ -s "$root/var/lib/msr-restore/baseline.json" ] && [ "${loaded:-0}" -gt 0 ]; then
+        if [ "$rc" = 0 ] && [ -s "$root/var/lib/msr-restore/baseline.msr" ] && [ "${loaded:-0}" -gt 0 ]; then
             ok "al_$model ($vendor): boot script with the shipped config loads it ($loaded MSRs) and takes the baseline; NHC check clean"
         else
             bad "al_$model: boot script or NHC check failed (exit $rc)"; printf '%s\n' "$o" | indent
@@ -620,14 +620,17 @@ if [ "$spank_msr" = yes ]; then
     fi
     rm -f "$root/usr/local/sbin/slurmd"
     t "msr-healthcheck (HealthCheckProgram) on the clean node: exit 0" \
-        inroot msr-healthcheck --root /tmp/t/node --baseline /tmp/t/b/baseline.json --state-dir /tmp/t/nostate --on-drift log
+        inroot msr-healthcheck --root /tmp/t/node --baseline /tmp/t/b/baseline.msr --state-dir /tmp/t/nostate --on-drift log
 else
     skipped "spank_msr.so checks: the plugin is not built yet"
 fi
 if [ "$pbs_hook" = yes ]; then
     t "PBS hook: the installed hook parses (host python3)" python3 -c \
         'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$root/usr/share/msr-restore/pbs/msr_restore_hook.py"
-    o=$(QMGR=/bin/false "$root/usr/share/msr-restore/pbs/install.sh" --dry-run \
+    # install.sh has msrsave judge the config's msr-restore keys: the package's msrsave and
+    # configuration (the root has no python3 to run the hook's check in it).
+    o=$(QMGR=/bin/false MSR_RESTORE_CONFIG="$root/etc/msr-restore/msr-restore.conf" \
+        "$root/usr/share/msr-restore/pbs/install.sh" --dry-run --msrsave "$root/usr/bin/msrsave" \
         --config "$root/etc/msr-restore/msr_restore_hook.json" --hook "$root/usr/share/msr-restore/pbs/msr_restore_hook.py" 2>&1)
     rc=$?
     if [ "$rc" = 0 ] && grep -q 'create hook' <<<"$o"; then

@@ -84,7 +84,7 @@ class NodeTestCase(unittest.TestCase):
         self.root = os.path.join(self.tmp, "root")
         self.state_dir = os.path.join(self.tmp, "state")
         self.hook_state_dir = os.path.join(self.tmp, "hookstate")
-        self.baseline = os.path.join(self.tmp, "var", "baseline.json")
+        self.baseline = os.path.join(self.tmp, "var", "baseline.msr")
         self.fake_log = os.path.join(self.tmp, "fake_msrsave.log")
         self.msrsave = msrsave_path()
         self.env = dict(os.environ)

@@ -839,7 +839,7 @@ class SharedConfigTests(NodeTestCase):
         jobs are registered, its baseline is the one the health events take and check, its
         on_drift = log keeps the vnode in service on drift."""
         state = os.path.join(self.tmp, "from-conf-state")
-        baseline = os.path.join(self.tmp, "from-conf", "baseline.json")
+        baseline = os.path.join(self.tmp, "from-conf", "baseline.msr")
         conf = self.write_conf("# site config\nstate_dir = %s   # comment\nbaseline = %s\n"
                                "on_drift = log\n" % (state, baseline))
         cfg = self.config(state_dir=None, baseline=None, msr_restore_conf=conf)

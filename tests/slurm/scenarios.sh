@@ -324,7 +324,7 @@ fi
 
 # --- 5. health check --------------------------------------------------------------------------------
 echo "== 5. HealthCheckProgram: drains a node with drift, leaves a clean one alone"
-baseline="$MSR_SLURM_DIR/baseline.json"
+baseline="$MSR_SLURM_DIR/baseline.msr"
 "$MSRSAVE" --root "$NODE_DIR" save -- "$baseline" >/dev/null
 hc=(--baseline "$baseline" --root "$NODE_DIR" --state-dir "$STATE_DIR" --msrsave "$MSRSAVE")
 out=$("$MSR_SLURM_DIR/bin/msr-healthcheck" "${hc[@]}")

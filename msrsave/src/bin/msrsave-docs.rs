@@ -32,7 +32,7 @@ Defaults shared by msrsave, the SLURM SPANK plugin and the PBS hook (\fBMSR_REST
 \fI/usr/share/msr-restore/allowlists/\fR
 Allowlists picked for the CPU by \fBmsrsave allowlist select\fR and \fBmsrsave allowlist load \-\-auto\fR.
 .TP
-\fI/var/lib/msr-restore/baseline.json\fR
+\fI/var/lib/msr-restore/baseline.msr\fR
 The node's baseline, taken at boot by \fBmsr-restore-baseline.service\fR, compared by \fBmsrsave check\fR.
 .TP
 \fI/run/msr-restore/\fR

@@ -75,7 +75,7 @@ class Suite(object):
         self.root = os.path.join(self.work, "root")
         self.state_dir = os.path.join(self.work, "state")
         self.hook_state_dir = os.path.join(self.work, "hookstate")
-        self.baseline = os.path.join(self.work, "baseline.json")
+        self.baseline = os.path.join(self.work, "baseline.msr")
         self.flags = os.path.join(self.work, "flags")
         self.probe_out = os.path.join(self.work, "probe")
         for d in (self.flags, self.probe_out, os.path.join(self.work, "out")):
