@@ -222,7 +222,7 @@ pub struct Member {
 }
 
 /// One write a restore makes for a domain.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainWrite {
     /// The CPU written from.
     pub cpu: CpuId,

@@ -312,6 +312,8 @@ struct Work<'a> {
     drift_masks: Vec<WriteMask>,
     names: Vec<Option<String>>,
     mode: Mode,
+    /// Writes per chunk ([`WRITE_CHUNK`]).
+    chunk: usize,
 }
 
 /// Findings listed by a report: the first [`LISTED`] in (CPU, MSR) order, whatever order the
@@ -389,6 +391,9 @@ struct DomainRows {
 
 type Domains = Vec<DomainRows>;
 
+/// The domains of each scope among the present CPUs, computed once per operation.
+type Splits = std::collections::HashMap<Scope, Domains>;
+
 /// What the registers gave, merged as the work finishes.
 #[derive(Default)]
 struct Tally {
@@ -410,22 +415,109 @@ struct Tally {
     pending: Vec<Pending>,
 }
 
+/// A set of CPUs, one bit each (CPU numbers are below [`crate::types::MAX_CPUS`]): what a job
+/// changed is kept per MSR without a list entry per register.
+#[derive(Default, Clone)]
+struct CpuBits(Vec<u64>);
+
+impl CpuBits {
+    fn insert(&mut self, cpu: CpuId) {
+        let (word, bit) = (cpu.0 as usize / 64, cpu.0 % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    fn union(&mut self, other: &CpuBits) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// The CPUs, in order.
+    fn to_vec(&self) -> Vec<CpuId> {
+        let mut out = Vec::with_capacity(self.len());
+        for (i, &w) in self.0.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let bit = w.trailing_zeros();
+                out.push(CpuId(i as u32 * 64 + bit));
+                w &= w - 1;
+            }
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Change {
     bits: u64,
-    cpus: Vec<CpuId>,
-    domains: Vec<Where>,
+    cpus: CpuBits,
+    /// How many domains, of which scope, in which packages (for shared registers).
+    domains: usize,
+    scope: Option<Scope>,
+    packages: std::collections::BTreeSet<u32>,
 }
 
-/// A write planned for one domain.
+/// A write planned for one domain, kept small: a restore of every writable register of a large
+/// node plans millions. The write itself (value, mask, what to verify where) is planned again
+/// from the same snapshot and read pass when it runs ([`Work::write_of`]), a chunk at a time.
+#[derive(Clone, Copy)]
 struct Pending {
-    entry: usize,
-    at: Where,
-    write: DomainWrite,
-    /// The CPUs to verify on besides the one written (every CPU of the domain, when it holds one
-    /// value).
-    domain: Option<Arc<[CpuId]>>,
+    /// The entry of the work list (an allowlist has at most 32,768).
+    entry: u16,
+    /// The domain among its scope's domains ([`Splits`]; at most one per CPU).
+    domain: u16,
+    /// The CPU written from (below [`crate::types::MAX_CPUS`]).
+    cpu: u16,
+    /// Whether the domain holds one value (written once for all its CPUs) or is handled CPU by
+    /// CPU, as a per-thread register is.
+    shared: bool,
 }
+
+impl Pending {
+    fn new(entry: usize, domain: usize, cpu: CpuId, shared: bool) -> Pending {
+        // Bounded where they come from: allowlists (32,768 entries) and CPU lists (8192 CPUs).
+        let small = |n: usize| u16::try_from(n).expect("allowlist entries and CPUs fit in u16");
+        Pending {
+            entry: small(entry),
+            domain: small(domain),
+            cpu: small(cpu.0 as usize),
+            shared,
+        }
+    }
+
+    fn entry(&self) -> usize {
+        usize::from(self.entry)
+    }
+
+    fn cpu(&self) -> CpuId {
+        CpuId(u32::from(self.cpu))
+    }
+}
+
+/// A planned write as it runs: the write, where it sits, and the CPUs it must hold on.
+struct Planned {
+    write: DomainWrite,
+    at: Where,
+    verify_on: Option<Arc<[CpuId]>>,
+}
+
+/// How many writes are planned again, run and verified at a time by [`restore`]: memory stays
+/// bounded by the snapshot, whatever the number of writes (16,384 writes: about 1 MiB of ops).
+pub const WRITE_CHUNK: usize = 1 << 14;
 
 impl Tally {
     fn fail(&mut self, key: Key, f: Finding) {
@@ -433,7 +525,7 @@ impl Tally {
         self.failures.push(key, f);
     }
 
-    fn merge(mut self, other: Tally) -> Tally {
+    fn merge(mut self, mut other: Tally) -> Tally {
         self.compared += other.compared;
         self.written += other.written;
         self.unchanged += other.unchanged;
@@ -447,6 +539,10 @@ impl Tally {
         self.locked.merge(other.locked);
         self.inconsistent.merge(other.inconsistent);
         self.changed.extend(other.changed);
+        // The larger list takes the smaller (both are sorted later): fewer and smaller copies.
+        if self.pending.len() < other.pending.len() {
+            std::mem::swap(&mut self.pending, &mut other.pending);
+        }
         self.pending.extend(other.pending);
         self
     }
@@ -455,51 +551,40 @@ impl Tally {
     fn changes(&mut self, work: &Work) -> (Vec<MsrChange>, usize) {
         self.changed.sort_unstable_by_key(|c| c.0);
         let mut out = Vec::new();
-        let mut all: Vec<CpuId> = Vec::new();
-        for (ei, change) in &mut self.changed {
+        let mut all = CpuBits::default();
+        for (ei, change) in &self.changed {
             if change.cpus.is_empty() {
                 continue;
             }
-            change.cpus.sort_unstable();
-            all.extend_from_slice(&change.cpus);
-            let scope = change.domains.first().map_or(Scope::Thread, |w| w.scope());
-            let mut packages: Vec<CpuId> = change
-                .domains
-                .iter()
-                .filter_map(|w| w.package())
-                .map(CpuId)
-                .collect();
-            packages.sort_unstable();
-            packages.dedup();
+            all.union(&change.cpus);
+            let cpus = change.cpus.to_vec();
+            let scope = change.scope.unwrap_or(Scope::Thread);
+            let packages: Vec<CpuId> = change.packages.iter().map(|&p| CpuId(p)).collect();
             out.push(MsrChange {
                 msr: work.list.entries()[*ei].addr,
                 name: work.names[*ei].clone(),
-                cpus: change.cpus.len(),
-                cpu_list: format_cpu_list(&change.cpus),
+                cpus: cpus.len(),
+                cpu_list: format_cpu_list(&cpus),
                 bits: Hex64(change.bits),
                 scope,
-                domains: change.domains.len(),
+                domains: change.domains,
                 packages: format_cpu_list(&packages),
             });
         }
-        all.sort_unstable();
-        all.dedup();
         (out, all.len())
     }
 }
 
 impl Work<'_> {
-    /// Decide for every register of every domain, from the snapshot and the read pass.
-    fn plan(&self, current: &Snapshot, layout: &Layout, present: &[(CpuId, usize)]) -> Tally {
+    /// The domains of each scope the work list's registers have, among the present CPUs.
+    fn splits(&self, layout: &Layout, present: &[(CpuId, usize)]) -> Splits {
         let cpus: Vec<CpuId> = present.iter().map(|p| p.0).collect();
         let row_of = |c: CpuId| {
             present
                 .binary_search_by_key(&c, |p| p.0)
                 .map(|i| (present[i].1, i))
         };
-        // The domains of each scope among the present CPUs, computed once.
-        let mut splits: std::collections::HashMap<Scope, Domains> =
-            std::collections::HashMap::new();
+        let mut splits = Splits::new();
         for e in self.list.entries() {
             let scope = layout.scope(e.addr);
             splits.entry(scope).or_insert_with(|| {
@@ -518,6 +603,11 @@ impl Work<'_> {
                     .collect()
             });
         }
+        splits
+    }
+
+    /// Decide for every register of every domain, from the snapshot and the read pass.
+    fn plan(&self, current: &Snapshot, layout: &Layout, splits: &Splits) -> Tally {
         (0..self.list.len())
             .into_par_iter()
             .fold(Tally::default, |mut tally, ei| {
@@ -547,13 +637,8 @@ impl Work<'_> {
         let mut change = Change::default();
         let mut members: Vec<Member> = Vec::new();
         let mut plan = DomainPlan::default();
-        for DomainRows { at, rows, cpus } in domains {
-            members.clear();
-            members.extend(rows.iter().map(|&(cpu, si, ci)| Member {
-                cpu,
-                saved: self.saved.value(si, self.saved_entry[ei]),
-                current: current.value(ci, ei),
-            }));
+        for (di, DomainRows { at, rows, .. }) in domains.iter().enumerate() {
+            self.members_into(ei, rows, current, &mut members);
             let Some(first) = members.first().map(|m| m.cpu) else {
                 continue;
             };
@@ -569,8 +654,12 @@ impl Work<'_> {
             let place = |cpu: CpuId| if plan.one_value { *at } else { Where::Cpu(cpu) };
             if !plan.changed_cpus.is_empty() {
                 change.bits |= plan.changed_bits;
-                change.cpus.extend_from_slice(&plan.changed_cpus);
-                change.domains.push(*at);
+                for &c in &plan.changed_cpus {
+                    change.cpus.insert(c);
+                }
+                change.domains += 1;
+                change.scope.get_or_insert(at.scope());
+                change.packages.extend(at.package());
             }
             if let Some(i) = plan.inconsistent {
                 tally.inconsistent.push(
@@ -632,13 +721,10 @@ impl Work<'_> {
                 Mode::Restore { .. } => {
                     tally.unchanged += plan.unchanged;
                     tally.unreadable_at_save += plan.unreadable_at_save;
-                    for w in plan.writes.drain(..) {
-                        tally.pending.push(Pending {
-                            entry: ei,
-                            at: place(w.cpu),
-                            domain: (w.verify_all && cpus.len() > 1).then(|| Arc::clone(cpus)),
-                            write: w,
-                        });
+                    for w in &plan.writes {
+                        tally
+                            .pending
+                            .push(Pending::new(ei, di, w.cpu, plan.one_value));
                     }
                 }
             }
@@ -646,25 +732,79 @@ impl Work<'_> {
         tally.changed.push((ei, change));
     }
 
-    fn record(&self, p: &Pending, after: u64) -> WriteRecord {
+    /// The saved and current values of register `ei` on the CPUs of one domain.
+    fn members_into(
+        &self,
+        ei: usize,
+        rows: &[(CpuId, usize, usize)],
+        current: &Snapshot,
+        members: &mut Vec<Member>,
+    ) {
+        members.clear();
+        members.extend(rows.iter().map(|&(cpu, si, ci)| Member {
+            cpu,
+            saved: self.saved.value(si, self.saved_entry[ei]),
+            current: current.value(ci, ei),
+        }));
+    }
+
+    /// The write `p` stands for, planned again from the same snapshot and read pass (the plan is
+    /// a pure function of them, so it is the write the first plan made).
+    fn write_of(
+        &self,
+        p: &Pending,
+        current: &Snapshot,
+        layout: &Layout,
+        splits: &Splits,
+        scratch: &mut (Vec<Member>, DomainPlan),
+    ) -> Planned {
+        let ei = p.entry();
+        let addr = self.list.entries()[ei].addr;
+        let d = &splits[&layout.scope(addr)][usize::from(p.domain)];
+        let (members, plan) = scratch;
+        self.members_into(ei, &d.rows, current, members);
+        plan_domain_into(
+            self.masks[ei],
+            self.drift_masks[ei],
+            layout.lock(addr),
+            members,
+            plan,
+        );
+        let write = plan
+            .writes
+            .iter()
+            .find(|w| w.cpu == p.cpu())
+            .copied()
+            .expect("planning the same register of the same domain again gives the same writes");
+        Planned {
+            at: if p.shared { d.at } else { Where::Cpu(p.cpu()) },
+            verify_on: (write.verify_all && d.cpus.len() > 1).then(|| Arc::clone(&d.cpus)),
+            write,
+        }
+    }
+
+    fn record(&self, entry: usize, w: &Planned, after: u64) -> WriteRecord {
         WriteRecord {
-            cpu: p.write.cpu,
-            scope: p.at.scope(),
-            domain: p.at.to_string(),
-            msr: self.list.entries()[p.entry].addr,
-            name: self.names[p.entry].clone(),
-            before: Hex64(p.write.current),
+            cpu: w.write.cpu,
+            scope: w.at.scope(),
+            domain: w.at.to_string(),
+            msr: self.list.entries()[entry].addr,
+            name: self.names[entry].clone(),
+            before: Hex64(w.write.current),
             after: Hex64(after),
-            mask: Hex64(p.write.mask.0),
+            mask: Hex64(w.write.mask.0),
         }
     }
 
     /// Run the planned writes in the order the rules ask ([`crate::msrs::order`]), then read
-    /// every CPU each write must hold on and compare.
+    /// every CPU each write must hold on and compare. Both passes go a chunk of writes at a time
+    /// ([`WRITE_CHUNK`]), so that memory follows the snapshot, not the number of writes.
     fn write_and_verify(
         &self,
         device: &dyn MsrDevice,
         layout: &Layout,
+        splits: &Splits,
+        current: &Snapshot,
         tally: &mut Tally,
     ) -> Result<(), DeviceError> {
         let mut pending = std::mem::take(&mut tally.pending);
@@ -677,111 +817,145 @@ impl Work<'_> {
         // A register handled CPU by CPU behaves as a per-thread one.
         let mut scopes = vec![Scope::Thread; addrs.len()];
         for p in &pending {
-            scopes[p.entry] = scopes[p.entry].max(p.at.scope());
+            if p.shared {
+                let at = splits[&layout.scope(addrs[p.entry()])][usize::from(p.domain)].at;
+                scopes[p.entry()] = scopes[p.entry()].max(at.scope());
+            }
         }
         let wave = plan::waves(&edges, &scopes);
-        pending.sort_by_key(|p| (wave[p.entry], p.write.cpu, rank[p.entry], p.entry));
-        let mut ops: Vec<MsrOp> = pending
-            .iter()
-            .map(|p| MsrOp::write(p.write.cpu, addrs[p.entry], p.write.new, p.write.mask))
-            .collect();
+        pending.sort_by_key(|p| (wave[p.entry()], p.cpu, rank[p.entry()], p.entry));
+        let mut scratch = (Vec::new(), DomainPlan::default());
+
+        // Writes: a wave at a time, in chunks.
+        let mut ok = vec![false; pending.len()];
         let mut start = 0;
-        while start < ops.len() {
-            let w = wave[pending[start].entry];
+        while start < pending.len() {
+            let w = wave[pending[start].entry()];
             let end = start
                 + pending[start..]
                     .iter()
-                    .take_while(|p| wave[p.entry] == w)
+                    .take(self.chunk)
+                    .take_while(|p| wave[p.entry()] == w)
                     .count();
-            run(device, &mut ops[start..end])?;
+            let planned: Vec<Planned> = pending[start..end]
+                .iter()
+                .map(|p| self.write_of(p, current, layout, splits, &mut scratch))
+                .collect();
+            let mut ops: Vec<MsrOp> = pending[start..end]
+                .iter()
+                .zip(&planned)
+                .map(|(p, w)| MsrOp::write(p.cpu(), addrs[p.entry()], w.write.new, w.write.mask))
+                .collect();
+            run(device, &mut ops)?;
+            for (i, ((p, w), op)) in pending[start..end]
+                .iter()
+                .zip(&planned)
+                .zip(&ops)
+                .enumerate()
+            {
+                match op.result {
+                    Some(Ok(_)) => ok[start + i] = true,
+                    other => {
+                        let e = other
+                            .and_then(Result::err)
+                            .unwrap_or(OpError::Errno(nix::errno::Errno::EIO));
+                        tally.fail(
+                            (p.cpu(), p.entry()),
+                            Finding::failed(
+                                p.cpu(),
+                                addrs[p.entry()],
+                                self.names[p.entry()].clone(),
+                                Stage::Write,
+                                e,
+                            )
+                            .within(w.at),
+                        );
+                    }
+                }
+            }
             start = end;
         }
-        // Read back: (CPU, write) pairs, grouped by CPU.
-        let mut checks: Vec<(CpuId, usize)> = Vec::new();
-        let mut ok = vec![false; pending.len()];
-        for (wi, (p, op)) in pending.iter().zip(&ops).enumerate() {
-            match op.result {
-                Some(Ok(_)) => {
-                    ok[wi] = true;
-                    match &p.domain {
-                        Some(cpus) => checks.extend(cpus.iter().map(|&c| (c, wi))),
-                        None => checks.push((p.write.cpu, wi)),
-                    }
-                }
-                other => {
-                    let e = other
-                        .and_then(Result::err)
-                        .unwrap_or(OpError::Errno(nix::errno::Errno::EIO));
-                    tally.fail(
-                        (p.write.cpu, p.entry),
-                        Finding::failed(
-                            p.write.cpu,
-                            addrs[p.entry],
-                            self.names[p.entry].clone(),
-                            Stage::Write,
-                            e,
-                        )
-                        .within(p.at),
-                    );
-                }
-            }
-        }
         tally.written += ok.iter().filter(|o| **o).count();
-        checks.sort_by_key(|c| c.0);
-        let mut verify: Vec<MsrOp> = checks
-            .iter()
-            .map(|&(c, wi)| MsrOp::read(c, addrs[pending[wi].entry]))
-            .collect();
-        run(device, &mut verify)?;
-        // Per write: the value its own CPU reads back, and whether every CPU holds.
-        let mut held = ok.clone();
-        let mut after = vec![0u64; pending.len()];
-        for (&(cpu, wi), v) in checks.iter().zip(&verify) {
-            let p = &pending[wi];
-            let mask = p.write.mask.0;
-            let name = self.names[p.entry].clone();
-            let key = (cpu, p.entry);
-            match v
-                .result
-                .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
-            {
-                Ok(read) if read & mask == p.write.saved & mask => {
-                    if cpu == p.write.cpu {
-                        after[wi] = read;
+
+        // Read back, once every write has run: per chunk, (CPU, write) pairs grouped by CPU.
+        for start in (0..pending.len()).step_by(self.chunk) {
+            let end = (start + self.chunk).min(pending.len());
+            let planned: Vec<Option<Planned>> = (start..end)
+                .map(|wi| {
+                    ok[wi]
+                        .then(|| self.write_of(&pending[wi], current, layout, splits, &mut scratch))
+                })
+                .collect();
+            let mut checks: Vec<(CpuId, usize)> = Vec::new();
+            for (i, w) in planned.iter().enumerate() {
+                if let Some(w) = w {
+                    match &w.verify_on {
+                        Some(cpus) => checks.extend(cpus.iter().map(|&c| (c, i))),
+                        None => checks.push((w.write.cpu, i)),
                     }
                 }
-                Ok(read) => {
-                    held[wi] = false;
-                    tally.fail(
-                        key,
-                        Finding {
-                            cpu,
-                            at: p.at,
-                            msr: Some(addrs[p.entry]),
-                            name,
-                            problem: Problem::Mismatch {
-                                wrote: p.write.new,
-                                read,
-                                bits: (read ^ p.write.saved) & mask,
+            }
+            checks.sort_by_key(|c| c.0);
+            let mut verify: Vec<MsrOp> = checks
+                .iter()
+                .map(|&(c, i)| MsrOp::read(c, addrs[pending[start + i].entry()]))
+                .collect();
+            run(device, &mut verify)?;
+            // Per write: the value its own CPU reads back, and whether every CPU holds.
+            let mut held: Vec<bool> = planned.iter().map(Option::is_some).collect();
+            let mut after = vec![0u64; planned.len()];
+            for (&(cpu, i), v) in checks.iter().zip(&verify) {
+                let (p, Some(w)) = (&pending[start + i], &planned[i]) else {
+                    continue;
+                };
+                let mask = w.write.mask.0;
+                let name = self.names[p.entry()].clone();
+                let key = (cpu, p.entry());
+                match v
+                    .result
+                    .unwrap_or(Err(OpError::Errno(nix::errno::Errno::EIO)))
+                {
+                    Ok(read) if read & mask == w.write.saved & mask => {
+                        if cpu == w.write.cpu {
+                            after[i] = read;
+                        }
+                    }
+                    Ok(read) => {
+                        held[i] = false;
+                        tally.fail(
+                            key,
+                            Finding {
+                                cpu,
+                                at: w.at,
+                                msr: Some(addrs[p.entry()]),
+                                name,
+                                problem: Problem::Mismatch {
+                                    wrote: w.write.new,
+                                    read,
+                                    bits: (read ^ w.write.saved) & mask,
+                                },
                             },
-                        },
-                    );
-                }
-                Err(e) => {
-                    held[wi] = false;
-                    tally.fail(
-                        key,
-                        Finding::failed(cpu, addrs[p.entry], name, Stage::Verify, e).within(p.at),
-                    );
+                        );
+                    }
+                    Err(e) => {
+                        held[i] = false;
+                        tally.fail(
+                            key,
+                            Finding::failed(cpu, addrs[p.entry()], name, Stage::Verify, e)
+                                .within(w.at),
+                        );
+                    }
                 }
             }
-        }
-        for (wi, p) in pending.iter().enumerate() {
-            if held[wi] {
+            for (i, w) in planned.iter().enumerate() {
+                let (true, Some(w)) = (held[i], w) else {
+                    continue;
+                };
                 tally.verified += 1;
-                let key = (p.write.cpu, p.entry);
+                let p = &pending[start + i];
+                let key = (p.cpu(), p.entry());
                 if tally.writes.keeps(key) {
-                    let record = self.record(p, after[wi]);
+                    let record = self.record(p.entry(), w, after[i]);
                     tally.writes.push(key, record);
                 }
             }
@@ -798,21 +972,24 @@ impl Work<'_> {
     ) -> Result<Tally, DeviceError> {
         let cpus: Vec<CpuId> = present.iter().map(|p| p.0).collect();
         let current = Snapshot::take(device, Arc::clone(&self.list), &cpus)?;
-        let mut tally = self.plan(&current, layout, present);
+        let splits = self.splits(layout, present);
+        let mut tally = self.plan(&current, layout, &splits);
         match self.mode {
             Mode::Restore { dry_run: true } => {
                 let pending = std::mem::take(&mut tally.pending);
                 tally.written += pending.len();
+                let mut scratch = (Vec::new(), DomainPlan::default());
                 for p in &pending {
-                    let key = (p.write.cpu, p.entry);
+                    let key = (p.cpu(), p.entry());
                     if tally.writes.keeps(key) {
-                        let record = self.record(p, p.write.new);
+                        let w = self.write_of(p, &current, layout, &splits, &mut scratch);
+                        let record = self.record(p.entry(), &w, w.write.new);
                         tally.writes.push(key, record);
                     }
                 }
             }
             Mode::Restore { dry_run: false } => {
-                self.write_and_verify(device, layout, &mut tally)?
+                self.write_and_verify(device, layout, &splits, &current, &mut tally)?
             }
             Mode::Check { .. } => {}
         }
@@ -863,6 +1040,7 @@ fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> W
         drift_masks,
         names,
         mode,
+        chunk: WRITE_CHUNK,
     }
 }
 
@@ -880,8 +1058,32 @@ pub fn restore(
     layout: &Layout,
     dry_run: bool,
 ) -> Result<RestoreReport, DeviceError> {
+    restore_in_chunks(
+        device,
+        saved,
+        current_allowlist,
+        online,
+        layout,
+        dry_run,
+        WRITE_CHUNK,
+    )
+}
+
+/// [`restore`], planning, running and verifying `chunk` writes at a time (at least one): the
+/// same writes in the same order and the same report whatever the chunk; a smaller chunk holds
+/// less memory and makes more device calls.
+pub fn restore_in_chunks(
+    device: &dyn MsrDevice,
+    saved: &Snapshot,
+    current_allowlist: &Allowlist,
+    online: &[CpuId],
+    layout: &Layout,
+    dry_run: bool,
+    chunk: usize,
+) -> Result<RestoreReport, DeviceError> {
     let (present, offline, new_cpus) = split_cpus(saved, online);
-    let w = work(saved, current_allowlist, Mode::Restore { dry_run });
+    let mut w = work(saved, current_allowlist, Mode::Restore { dry_run });
+    w.chunk = chunk.max(1);
     let mut t = w.run_all(device, &present, layout)?;
     let (changed, _) = t.changes(&w);
     let mut failures: Vec<Finding> = offline.iter().map(|&c| Finding::offline(c)).collect();
