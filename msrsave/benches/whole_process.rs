@@ -9,7 +9,8 @@
 //!   pread per MSR, raw array written);
 //! - `msrsave job begin` and `job end` (nothing to change) against one parallel read pass of the
 //!   same registers in a process of its own (this binary with `--read-pass`: open the backend,
-//!   read every register, exit);
+//!   read every register, exit); with the state directory on a tmpfs, as the default
+//!   `/run/msr-restore` is on every systemd node (here /dev/shm), and on the disk beside the node;
 //! - the save file's size, compact against the version-1 JSON of the same snapshot.
 
 mod common;
@@ -63,18 +64,33 @@ fn main() {
         format!("state_dir = {}\n", dir.join("state").display()),
     )
     .expect("config");
+    // The state directory where production has it: /run is a tmpfs (here /dev/shm, if any).
+    let shm = Path::new("/dev/shm");
+    let tmpfs = shm
+        .is_dir()
+        .then(|| tempfile::tempdir_in(shm).ok())
+        .flatten();
+    let conf_tmpfs = dir.join("msr-restore-tmpfs.conf");
+    if let Some(t) = &tmpfs {
+        std::fs::write(
+            &conf_tmpfs,
+            format!("state_dir = {}\n", t.path().join("state").display()),
+        )
+        .expect("config");
+    }
     let me = std::env::current_exe().expect("this benchmark");
     let c_loop = build_llnl_loop(dir);
 
-    let ms_cmd = |args: &[&str]| {
+    let ms_in = |conf: &Path, args: &[&str]| {
         let mut c = Command::new(msrsave());
         c.arg("--config")
-            .arg(&conf)
+            .arg(conf)
             .arg("--root")
             .arg(&root)
             .args(args);
         c
     };
+    let ms_cmd = |args: &[&str]| ms_in(&conf, args);
     let snap = dir.join("snap.msr");
     let snap_s = snap.display().to_string();
     let mut save = Vec::new();
@@ -83,6 +99,8 @@ fn main() {
     let mut begin = Vec::new();
     let mut end = Vec::new();
     let mut check = Vec::new();
+    let mut begin_tmpfs = Vec::new();
+    let mut end_tmpfs = Vec::new();
     // Warm the page cache and every code path once.
     run_ok(&mut ms_cmd(&["save", &snap_s]), 0);
     for round in 0..rounds {
@@ -109,6 +127,11 @@ fn main() {
                     let job = format!("{round}");
                     begin.push(run_ok(&mut ms_cmd(&["job", "begin", &job]), 0).wall);
                     end.push(run_ok(&mut ms_cmd(&["job", "end", &job]), 0).wall);
+                    if tmpfs.is_some() {
+                        let c = &conf_tmpfs;
+                        begin_tmpfs.push(run_ok(&mut ms_in(c, &["job", "begin", &job]), 0).wall);
+                        end_tmpfs.push(run_ok(&mut ms_in(c, &["job", "end", &job]), 0).wall);
+                    }
                 }
                 _ => check.push(run_ok(&mut ms_cmd(&["check", &snap_s]), 0).wall),
             }
@@ -134,6 +157,7 @@ fn main() {
         med(&end),
         med(&check),
     );
+    let (begin_tmpfs, end_tmpfs) = (med(&begin_tmpfs), med(&end_tmpfs));
     println!(
         "emulated node: {cpus} CPUs x {n} MSRs = {registers} registers ({}); whole processes, median of {rounds}, interleaved",
         list.display()
@@ -145,8 +169,13 @@ fn main() {
     row("msrsave save", save);
     row("C loop, one pread per MSR per CPU (LLNL msrsave)", loop_c);
     row("one parallel read pass (own process)", pass);
-    row("msrsave job begin (first job: snapshot)", begin);
-    row("msrsave job end (last job, nothing to change)", end);
+    row(
+        "msrsave job begin, state dir on tmpfs (as /run)",
+        begin_tmpfs,
+    );
+    row("msrsave job end, state dir on tmpfs (as /run)", end_tmpfs);
+    row("msrsave job begin, state dir on disk", begin);
+    row("msrsave job end, state dir on disk", end);
     row("msrsave check", check);
     let ratio = |what: &str, a: Option<Duration>, b: Option<Duration>, goal: &str| {
         if let (Some(a), Some(b)) = (a, b) {
@@ -157,8 +186,10 @@ fn main() {
         }
     };
     ratio("save / C loop", save, loop_c, "<= 1.0");
-    ratio("job begin / read pass", begin, pass, "<= 1.2");
-    ratio("job end / read pass", end, pass, "<= 1.3");
+    ratio("job begin (tmpfs) / read pass", begin_tmpfs, pass, "<= 1.2");
+    ratio("job end (tmpfs) / read pass", end_tmpfs, pass, "<= 1.3");
+    ratio("job begin (disk) / read pass", begin, pass, "-");
+    ratio("job end (disk) / read pass", end, pass, "-");
     ratio("check / read pass", check, pass, "-");
     println!(
         "save file: {size} bytes compact, {v1} bytes as version-1 JSON: {:.1}x smaller",
