@@ -471,18 +471,22 @@ perf() {
     plugstack "required $PLUGIN root=$node256 state_dir=$pstate scontrol=$SCONTROL"
     restart_slurmd || return 1
     first_job=$(($(squeue -h -t all -o %i | sort -n | tail -n1) + 1))
+    # slurmd.log outlives runs (and job ids start over): read only what these jobs logged.
+    local mark since
+    mark=$(log_size)
     perf_run plugin "$n" || { fail "perf jobs with the plugin"; return 1; }
+    since=$(tail -c +$((mark + 1)) "$MSR_SLURM_DIR/log/slurmd.log")
     local s0 s1 e0 e1 snap rest msrs
     s0=$(cut -d' ' -f1 "$JOBS/perf-none.txt" | median); s1=$(cut -d' ' -f1 "$JOBS/perf-plugin.txt" | median)
     e0=$(cut -d' ' -f2 "$JOBS/perf-none.txt" | median); e1=$(cut -d' ' -f2 "$JOBS/perf-plugin.txt" | median)
-    msrs=$(sed -n 's/.*snapshot of 256 CPUs x \([0-9]*\) MSRs.*/\1/p' "$MSR_SLURM_DIR/log/slurmd.log" | tail -n1)
-    snap=$(sed -n 's/.*msr-restore: job \([0-9]*\): first job on the node: snapshot of 256 CPUs.* in \([0-9.]*\) ms$/\1 \2/p' "$MSR_SLURM_DIR/log/slurmd.log" |
+    msrs=$(sed -n 's/.*snapshot of 256 CPUs x \([0-9]*\) MSRs.*/\1/p' <<<"$since" | tail -n1)
+    snap=$(sed -n 's/.*msr-restore: job \([0-9]*\): first job on the node: snapshot of 256 CPUs.* in \([0-9.]*\) ms$/\1 \2/p' <<<"$since" |
         awk -v f="$first_job" '$1 >= f+2 {print $2}' | median)
-    rest=$(sed -n 's/.*msr-restore: job \([0-9]*\): last job on the node: registers restored.* in \([0-9.]*\) ms$/\1 \2/p' "$MSR_SLURM_DIR/log/slurmd.log" |
+    rest=$(sed -n 's/.*msr-restore: job \([0-9]*\): last job on the node: registers restored.* in \([0-9.]*\) ms$/\1 \2/p' <<<"$since" |
         awk -v f="$first_job" '$1 >= f+2 {print $2}' | median)
     printf 'perf [%s]: 256 CPUs x %s MSRs (%s); medians of %s jobs (srun -n1 /bin/true):\n' "$SERIES" "$msrs" "$(basename "$list")" "$n"
-    printf 'perf [%s]:   srun (job start incl. prolog): %8.1f ms without plugin, %8.1f ms with: +%.1f ms\n' "$SERIES" "$s0" "$s1" "$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')"
-    printf 'perf [%s]:   until node idle (incl. epilog): %7.1f ms without plugin, %8.1f ms with: +%.1f ms\n' "$SERIES" "$e0" "$e1" "$(awk -v a="$e0" -v b="$e1" 'BEGIN{print b-a}')"
+    printf 'perf [%s]:   srun (job start incl. prolog): %8.1f ms without plugin, %8.1f ms with: %+.1f ms\n' "$SERIES" "$s0" "$s1" "$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')"
+    printf 'perf [%s]:   until node idle (incl. epilog): %7.1f ms without plugin, %8.1f ms with: %+.1f ms\n' "$SERIES" "$e0" "$e1" "$(awk -v a="$e0" -v b="$e1" 'BEGIN{print b-a}')"
     printf 'perf [%s]:   plugin self-reported: snapshot %s ms (prolog), restore+verify+check %s ms (epilog)\n' "$SERIES" "$snap" "$rest"
     pass "performance measured (see perf: lines)"
 }
