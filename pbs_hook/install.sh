@@ -5,7 +5,8 @@
 #   install.sh [--config FILE] [--hook FILE] [--prefix NAME] [--with-execjob-begin]
 #              [--msrsave PATH] [--dry-run]
 #
-# Creates (or updates) three hooks running the same script with the same config file:
+# Creates the string resource msr_changed (what each job changed, in resources_used.msr_changed)
+# and creates (or updates) three hooks running the same script with the same config file:
 #   PREFIX_begin  execjob_prologue,exechost_startup   fail_action=offline_vnodes
 #   PREFIX_end    execjob_epilogue,execjob_end        (PBS only logs errors here; the hook
 #                                                      takes the vnode offline itself)
@@ -32,7 +33,7 @@ begin_events=execjob_prologue,exechost_startup
 dry_run=false
 
 usage() {
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -81,6 +82,7 @@ fi
 # Validate the config and take alarm and freq from it (single source of truth).
 alarm=30
 freq=120
+resource=msr_changed
 PYTHON=${PYTHON:-python3}
 if command -v "$PYTHON" >/dev/null 2>&1; then
     set -- --check-config "$config"
@@ -91,6 +93,7 @@ if command -v "$PYTHON" >/dev/null 2>&1; then
     fi
     alarm=$("$PYTHON" "$hook" "$@" --get alarm 2>/dev/null)
     freq=$("$PYTHON" "$hook" "$@" --get check_freq 2>/dev/null)
+    resource=$("$PYTHON" "$hook" "$@" --get job_resource 2>/dev/null)
 else
     echo "install.sh: $PYTHON not found: config not validated; using alarm=$alarm freq=$freq" >&2
 fi
@@ -144,6 +147,21 @@ create_hook() { # NAME
         waited=$((waited + 1))
     done
 }
+
+# The string resource the end hook records what the jobs changed in (resources_used.NAME: qstat
+# -x -f, the accounting log). The hook sets it only where the moms' copy of the server's
+# resourcedef has it as a string: another type here is left alone, and the hook then does not.
+if $dry_run; then
+    q "create resource $resource type=string"
+elif out=$("$QMGR" -c "list resource $resource" 2>/dev/null); then
+    case $out in
+        *"type = string"*) echo "resource $resource exists" ;;
+        *) echo "install.sh: resource $resource exists and is not a string: jobs' MSR changes" \
+                "go to their job logs only (tracejob); qmgr -c 'list resource $resource'" >&2 ;;
+    esac
+else
+    q "create resource $resource type=string"
+fi
 
 # Phase 1: every hook exists and is disabled, so that nothing runs half configured, and a run
 # stopped here (a name still pending delete) leaves no hook with events: run install.sh again.

@@ -59,6 +59,11 @@ HOOK_NAME = "msr-restore"
 COMMENT_PREFIX = "msr-restore: "
 # Keep vnode comments short enough for pbsnodes output and the server's attribute limits.
 MAX_COMMENT = 240
+# The string resource the end hook records what the jobs changed in (resources_used.msr_changed;
+# install.sh creates it), and the longest value it sets.
+JOB_RESOURCE = "msr_changed"
+MAX_JOB_RECORD = 1000
+DEFAULT_PBS_HOME = "/var/spool/pbs"
 # Seconds kept between the end of the last msrsave call and the hook's alarm, for PBS to get
 # the vnode changes and the accept/reject back.
 ALARM_MARGIN = 3.0
@@ -348,13 +353,20 @@ def notes_of(d):
 
 
 def changed_of(d):
-    """What the jobs had changed, per MSR, from a job end's or reconcile's "changed"."""
+    """What the jobs had changed, per MSR, from a job end's or reconcile's "changed": a list of
+    {"text": readable, "record": the same without spaces, for the job's record}."""
     out = []
     for c in d.get("changed") or []:
-        if isinstance(c, dict):
-            out.append("%s%s on CPUs %s" % (c.get("msr"), " " + c["name"] if c.get("name")
-                                            else "", c.get("cpu_list")))
-    return ", ".join(out)
+        if not isinstance(c, dict):
+            continue
+        msr, name, cpus, bits = c.get("msr"), c.get("name"), c.get("cpu_list"), c.get("bits")
+        where, rwhere = "CPUs %s" % cpus, "cpus=%s" % cpus
+        if c.get("scope") not in (None, "thread") and c.get("packages"):
+            where = "packages %s (CPUs %s)" % (c["packages"], cpus)
+            rwhere = "packages=%s" % c["packages"]
+        out.append({"text": "%s%s on %s, bits %s" % (msr, " " + name if name else "", where, bits),
+                    "record": "%s%s/%s/bits=%s" % (msr, "/" + name if name else "", rwhere, bits)})
+    return out
 
 
 def deadline(cfg):
@@ -806,6 +818,52 @@ def job_log(e, msg):
         pass
 
 
+def job_resource_defined(log):
+    """Whether the server defines JOB_RESOURCE as a string, from the copy of its resourcedef
+    every mom keeps. A resources_used value the server does not know makes it drop the job's
+    whole resources_used update (walltime, cput, mem: seen on OpenPBS 23.06), so the hook
+    sets it only where install.sh created it."""
+    try:
+        home = pbs.pbs_conf.get("PBS_HOME") or DEFAULT_PBS_HOME
+    except Exception:
+        home = DEFAULT_PBS_HOME
+    path = os.path.join(home, "mom_priv", "hooks", "resourcedef")
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if words and words[0] == JOB_RESOURCE:
+                    return "type=string" in words[1:]
+    except (IOError, OSError) as err:
+        log.debug("cannot read %s: %s" % (path, err))
+    return False
+
+
+def record_changed(e, changed, log):
+    """What the jobs on this host changed, where admins look for what a job did: the job's log
+    (tracejob) and, from the epilogue, resources_used.msr_changed (qstat -x -f, the accounting
+    log's E record). A mom hook cannot set the job's comment on Linux: OpenPBS 23.06 sends it
+    to the server only on Windows (mom_updates_bundle.c), so the hook does not try."""
+    node = pbs.get_local_nodename()
+    # On a shared host the change is the doing of any job that held it.
+    job_log(e, "MSRs changed by the job(s) that held %s, put back: %s"
+            % (node, "; ".join(c["text"] for c in changed)))
+    if e.type != pbs.EXECJOB_EPILOGUE:
+        return  # resources_used set in execjob_end never reaches the server
+    if not job_resource_defined(log):
+        log.debug("resource %s is not defined on the server (install.sh creates it): what job "
+                  "%s changed is in its job log only" % (JOB_RESOURCE, e.job.id))
+        return
+    # Accounting records are space-separated key=value: a value without spaces stays one field.
+    value = "%s:%s" % (node, ";".join(c["record"] for c in changed))
+    if len(value) > MAX_JOB_RECORD:
+        value = value[:MAX_JOB_RECORD - 3] + "..."
+    try:
+        e.job.resources_used[JOB_RESOURCE] = value
+    except Exception as err:
+        log.debug("cannot set resources_used.%s of job %s: %r" % (JOB_RESOURCE, e.job.id, err))
+
+
 def on_job_begin(e, cfg, log, event_name):
     job_id = str(e.job.id)
     take_ended(cfg, job_id)  # a requeued job starts over
@@ -846,10 +904,13 @@ def on_job_end(e, cfg, log, event_name):
         notes = "; ".join(notes_of(d))
         if restore:
             changed = changed_of(d)
+            text = "; ".join(c["text"] for c in changed)
             log.debug("job %s: last job on this host, %s%s%s"
                       % (job_id, restored_text(restore),
-                         "; changed by the job(s): " + changed if changed else "",
+                         "; changed by the job(s): " + text if text else "",
                          "; " + notes if notes else ""))
+            if changed:
+                record_changed(e, changed, log)
         else:
             log.debug("job %s: %s" % (job_id, notes or "other jobs still on this host: "
                                       + ",".join(d.get("active_jobs") or [])))
@@ -893,7 +954,7 @@ def reconcile_jobs(e, cfg, log, event_name):
         reaped = [str(r) for r in d.get("reaped") or []]
         restore = d.get("restore") if isinstance(d.get("restore"), dict) else None
         if restore:
-            changed = changed_of(d)
+            changed = "; ".join(c["text"] for c in changed_of(d))
             outcome = restored_text(restore) + ("; changed by the job(s): " + changed
                                                 if changed else "")
         else:
@@ -1085,7 +1146,8 @@ def cli(argv):
     CLI_MODE = True
     usage = ("usage: msr_restore_hook.py --check-config FILE [--msrsave PATH] [--get KEY]\n"
              "  validate a hook config file and print the effective settings as JSON (or one\n"
-             "  setting with --get): the hook's own keys here, the msr-restore keys by\n"
+             "  setting with --get; --get job_resource: the custom resource the end hook\n"
+             "  records what jobs changed in): the hook's own keys here, the msr-restore keys by\n"
              "  `msrsave config show` with the same --config/--set the hook passes (msrsave:\n"
              "  the config's, or PATH); exit 1 if the file has errors or msrsave refuses it\n")
     if len(argv) < 2 or argv[0] != "--check-config":
@@ -1118,7 +1180,9 @@ def cli(argv):
         if conf is None:
             log.error("msrsave does not accept the msr-restore configuration: %s" % why)
     if get is not None:
-        if get in cfg and get in DEFAULTS:
+        if get == "job_resource":  # not a key: the resource install.sh creates
+            value = JOB_RESOURCE
+        elif get in cfg and get in DEFAULTS:
             value = cfg[get]
         elif conf is not None and get in conf:
             value = conf[get]

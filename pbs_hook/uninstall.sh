@@ -8,6 +8,8 @@
 # Each host keeps its marker /var/lib/msr-restore/pbs_hook/offline.json and msrsave's job state
 # (msrsave job status says which jobs it holds) until removed by hand.
 # Remove them with this script rather than 'qmgr -c "delete hook ..."': see below.
+# The resource msr_changed stays: the server refuses to delete a resource finished jobs in its
+# history still have ("Resource busy on job"); qmgr -c "delete resource msr_changed" once none do.
 # Environment: QMGR as for install.sh.
 set -eu
 
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
         --prefix) [ $# -ge 2 ] || { echo "uninstall.sh: --prefix needs a value" >&2; exit 2; }
                   prefix=$2; shift 2 ;;
         --dry-run) dry_run=true; shift ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "uninstall.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -64,4 +66,4 @@ for name in "${prefix}_begin" "${prefix}_end" "${prefix}_check"; do
     q "delete hook $name"
     removed=$((removed + 1))
 done
-$dry_run || echo "removed $removed hook(s); vnodes offline with a comment starting 'msr-restore: ' stay offline (pbsnodes -l)"
+$dry_run || echo "removed $removed hook(s); resource msr_changed left defined; vnodes offline with a comment starting 'msr-restore: ' stay offline (pbsnodes -l)"

@@ -62,6 +62,7 @@ class HookResult(object):
         self.logs = data.get("logs", [])
         self.job_logs = data.get("job_logs", [])
         self.vnodes = data.get("vnodes", {})
+        self.job_resources_used = data.get("job_resources_used", {})
 
     def log_text(self, level=None):
         return "\n".join(m for lv, m in self.logs if level is None or lv == level)
@@ -98,6 +99,11 @@ class NodeTestCase(unittest.TestCase):
         self.env["FAKE_MSRSAVE_LOG"] = self.fake_log
         # The server's view of the vnodes ({name: {"state", "comment"}}), kept across hook runs.
         self.server = {}
+        # PBS_HOME as the mom has it: mom_priv/hooks/resourcedef lists the server's custom
+        # resources (define_resource()).
+        self.pbs_home = os.path.join(self.tmp, "pbs_home")
+        os.makedirs(os.path.join(self.pbs_home, "mom_priv", "hooks"))
+        self.resources = {}
 
     # --- the emulated node -------------------------------------------------------------------
 
@@ -192,6 +198,13 @@ class NodeTestCase(unittest.TestCase):
         """What `pbsnodes -o -C COMMENT NODE` does on the server."""
         self.server[name or self.local] = {"state": ND_OFFLINE, "comment": comment}
 
+    def define_resource(self, name, rtype):
+        """What `qmgr -c "create resource NAME type=TYPE"` leaves on every mom."""
+        self.resources[name] = rtype
+        with open(os.path.join(self.pbs_home, "mom_priv", "hooks", "resourcedef"), "w") as f:
+            for n, t in sorted(self.resources.items()):
+                f.write("%s type=%s\n" % (n, t))
+
     def apply_to_server(self, res):
         """What the server does with the vnode attributes a mom hook set, as observed on a live
         OpenPBS 23.06.06: state replaces the state, a comment replaces the comment, and a
@@ -205,6 +218,13 @@ class NodeTestCase(unittest.TestCase):
                 view["state"] = v["state"]
             if "comment" in v["set"]:
                 view["comment"] = v["comment"] or None
+        # The server drops a job's whole resources_used update when one name in it is not a
+        # resource it defines: a hook must never set one.
+        built_in = ("cput", "cpupercent", "mem", "vmem", "walltime", "ncpus")
+        unknown = sorted(n for n in res.job_resources_used
+                         if n not in self.resources and n not in built_in)
+        self.assertEqual(unknown, [], "resources_used names the server does not define: the "
+                         "job's whole resources_used would be lost: %r" % (res,))
 
     def run_hook(self, event, job_id=None, config=None, vnodes=None, job_list=None,
                  in_ms_mom=True, alarm=30, hook_name=None, local="", server_reachable=True,
@@ -229,6 +249,7 @@ class NodeTestCase(unittest.TestCase):
         spec["server_vnodes"] = self.server
         spec["server_reachable"] = server_reachable
         spec["logmsg_error"] = logmsg_error
+        spec["pbs_home"] = self.pbs_home
         if job_id is not None:
             spec["job"] = {"id": job_id, "euser": "alice", "egroup": "users",
                            "exec_vnode": "(%s:ncpus=4)" % (local or self.local), "run_count": 1,

@@ -87,6 +87,57 @@ class JobCycleTests(NodeTestCase):
         res = self.run_hook("execjob_end", "110.pbs", self.cfg)
         self.assertIn("not registered", res.log_text(LOG_DEBUG))
 
+    def test_what_the_job_changed_goes_to_its_record(self):
+        """The epilogue of the last job says per MSR what was changed (name, CPUs or packages,
+        bits) in the job's log, and in resources_used.msr_changed where the server defines it."""
+        self.define_resource("msr_changed", "string")
+        self.assertAccepted(self.run_hook("execjob_prologue", "113.pbs", self.cfg))
+        self.job_changes_registers()
+        res = self.run_hook("execjob_epilogue", "113.pbs", self.cfg)
+        self.assertAccepted(res)
+        logs = [m for j, m in res.job_logs if j == "113.pbs"]
+        self.assertEqual(len(logs), 1, repr(res.job_logs))
+        self.assertIn("MSRs changed by the job(s) that held node1, put back: ", logs[0])
+        self.assertIn("0x00000199 IA32_PERF_CTL on CPUs 0-3, bits 0x0000000000000a00", logs[0])
+        self.assertIn("0x00000610 MSR_PKG_POWER_LIMIT on packages 0 (CPUs 0), bits "
+                      "0x00000000000080ff", logs[0])
+        record = res.job_resources_used.get("msr_changed")
+        self.assertIsNotNone(record, repr(res.job_resources_used))
+        self.assertNotIn(" ", record)  # one field of the accounting log's E record
+        self.assertTrue(record.startswith("node1:"), record)
+        self.assertIn("0x00000199/IA32_PERF_CTL/cpus=0-3/bits=0x0000000000000a00", record)
+        self.assertIn("0x00000610/MSR_PKG_POWER_LIMIT/packages=0/bits=0x00000000000080ff",
+                      record)
+
+        # a job that changed nothing gets no record
+        self.assertAccepted(self.run_hook("execjob_prologue", "114.pbs", self.cfg))
+        res = self.run_hook("execjob_epilogue", "114.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertEqual(res.job_resources_used, {})
+        self.assertEqual(res.job_logs, [])
+
+    def test_what_the_job_changed_without_the_resource_is_in_its_log_only(self):
+        """Without msr_changed defined on the server (install.sh not run, or an older one), the
+        hook must not set it: the server would drop the job's whole resources_used."""
+        self.assertAccepted(self.run_hook("execjob_prologue", "115.pbs", self.cfg))
+        self.job_changes_registers()
+        res = self.run_hook("execjob_epilogue", "115.pbs", self.cfg)  # apply_to_server checks
+        self.assertAccepted(res)
+        self.assertEqual(res.job_resources_used, {})
+        self.assertIn("IA32_PERF_CTL", " ".join(m for _, m in res.job_logs))
+        self.assertIn("resource msr_changed is not defined", res.log_text(LOG_DEBUG))
+
+    def test_what_the_job_changed_from_its_end_is_in_its_log_only(self):
+        """Ended by execjob_end (no epilogue ran here): resources_used set there never reaches
+        the server, so only the job's log has it."""
+        self.define_resource("msr_changed", "string")
+        self.assertAccepted(self.run_hook("execjob_prologue", "116.pbs", self.cfg))
+        self.job_changes_registers()
+        res = self.run_hook("execjob_end", "116.pbs", self.cfg)
+        self.assertAccepted(res)
+        self.assertEqual(res.job_resources_used, {})
+        self.assertIn("IA32_PERF_CTL", " ".join(m for _, m in res.job_logs))
+
     def test_requeued_job_after_epilogue_is_ended_by_its_end(self):
         """An epilogue, then the job requeued and begun again here: its end restores."""
         before = self.registers()

@@ -80,6 +80,35 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(self.hooks()["msr_restore_begin"]["event"],
                          "execjob_begin,execjob_prologue,exechost_startup")
 
+    def resources(self):
+        path = os.path.join(self.tmp, "resources.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def test_install_creates_the_job_record_resource_once(self):
+        """resources_used.msr_changed needs a string resource on the server; a second install
+        (or one on a server that has it) leaves it, and one of another type is left alone."""
+        self.assertEqual(self.run_sh(INSTALL).returncode, 0)
+        self.assertEqual(self.resources(), {"msr_changed": "string"})
+        self.assertIn("create resource msr_changed type=string", self.commands())
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"resource msr_changed exists", p.stdout)
+        self.assertEqual(self.commands().count("create resource msr_changed type=string"), 1)
+
+        with open(os.path.join(self.tmp, "resources.json"), "w") as f:
+            json.dump({"msr_changed": "long"}, f)
+        p = self.run_sh(INSTALL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"resource msr_changed exists and is not a string", p.stderr)
+        self.assertEqual(self.resources(), {"msr_changed": "long"})
+
+        p = self.run_sh(UNINSTALL)
+        self.assertIn(b"resource msr_changed left defined", p.stdout)
+        self.assertEqual(self.resources(), {"msr_changed": "long"})
+
     def test_alarm_and_freq_come_from_the_config(self):
         cfg = os.path.join(self.tmp, "site.json")
         with open(cfg, "w") as f:

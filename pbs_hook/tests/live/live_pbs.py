@@ -472,9 +472,28 @@ class Suite(object):
                    not any("not registered" in l for l in lines), "\n".join(lines))
         self.check("one job: the end hook says the epilogue ended it",
                    any("already ended by its epilogue" in l for l in lines), "\n".join(lines))
+        told = [l for l in self.mom_log(since) if job_id in l and "MSRs changed by the job(s)" in l]
+        self.check("one job: its job log (tracejob) says what it changed, per MSR",
+                   any("IA32_PERF_CTL on CPUs 0-%d, bits 0x0000000000000a00" % (CPUS - 1) in l
+                       for l in told), "\n".join(told))
         if self.history:
-            self.check("one job: exit status 0", str(self.job(job_id).get("Exit_status")) == "0",
-                       self.job(job_id).get("Exit_status"))
+            job = self.job(job_id)
+            self.check("one job: exit status 0", str(job.get("Exit_status")) == "0",
+                       job.get("Exit_status"))
+            used = job.get("resources_used") or {}
+            record = str(used.get("msr_changed"))
+            # the server applies resources_used from the epilogue, and keeps walltime with it
+            self.check("one job: resources_used.msr_changed (qstat -x -f) says what it changed",
+                       "IA32_PERF_CTL/cpus=0-%d/bits=0x0000000000000a00" % (CPUS - 1) in record
+                       and " " not in record and "walltime" in used, used)
+        acct = os.path.join(PBS_HOME, "server_priv", "accounting", time.strftime("%Y%m%d"))
+        ended = []
+        if os.path.exists(acct):
+            with open(acct, errors="replace") as f:
+                ended = [l for l in f if ";E;%s;" % job_id in l]
+        self.check("one job: the accounting log's E record has resources_used.msr_changed",
+                   any("resources_used.msr_changed=%s:" % self.node in l for l in ended),
+                   "".join(ended) or "no E record in %s" % acct)
 
     def scenario_overlap(self):
         before = self.registers()

@@ -23,8 +23,15 @@ server with the same probe hook it runs here):
 - in the server's own events sys.stdout and sys.stderr are None (pbs_server has neither);
 - job objects: .id, .euser, .egroup, .exec_vnode, .run_count, .Resource_List[...],
   .in_ms_mom() ("True", a str, on the mother superior; False on a sister), .rerun(), .delete();
+- job.resources_used is a plain dict: any name can be set, the module checks nothing. The server
+  applies what an execjob_epilogue hook set there (qstat -x -f, the accounting E record), and
+  drops the job's whole resources_used update (walltime too, "unable to update attribute
+  resources_used.NAME in job_obit") when one name is not a resource it defines; what is set in
+  execjob_end never reaches it. The job's comment is not sent from a mom on Linux (OpenPBS sends
+  it only on Windows), so this stand-in refuses to set it, as every other job attribute;
 - pbs.logmsg(level, msg), pbs.logjobmsg(jobid, msg), pbs.get_local_nodename(),
-  pbs.hook_config_filename (from env PBS_HOOK_CONFIG_FILE, None when unset).
+  pbs.hook_config_filename (from env PBS_HOOK_CONFIG_FILE, None when unset), pbs.pbs_conf
+  (PBS_HOME from the event's "pbs_home", else /var/spool/pbs).
 
 The test harness describes the event in a JSON file named by PBS_STANDIN_EVENT:
 
@@ -35,7 +42,7 @@ The test harness describes the event in a JSON file named by PBS_STANDIN_EVENT:
      "vnode_list": ["node1"],
      "job_list": {"42.server": {...job...}},
      "server_vnodes": {"node1": {"state": 0, "comment": null}},
-     "server_reachable": true,
+     "server_reachable": true, "pbs_home": "/var/spool/pbs",
      "logmsg_error": null}
 
 vnode_list names the event's vnodes (a dict is accepted: in mom events its values are ignored,
@@ -47,7 +54,8 @@ SystemError with that text (what a PBS built for Python 3.11 without PY_SSIZE_T_
 The harness reads what the hook did from the JSON file named by PBS_STANDIN_RESULT, written when
 the hook process ends: {"outcome": "accept"|"reject"|"none"|"exception"|"alarm", "reject_msg",
 "logs": [[level, msg]], "job_logs": [[jobid, msg]], "vnodes": {name: {"state", "comment",
-"set": [attribute names the hook set]}}, "job_actions": [...], "traceback"}. "state" and "comment"
+"set": [attribute names the hook set]}}, "job_actions": [...], "job_resources_used": {the event
+job's resources_used as the hook left it}, "traceback"}. "state" and "comment"
 there are the values the hook set (None when it set nothing), what the server would apply.
 
 Like pbs_python, an uncaught exception is a hook error (recorded as "exception", exit 254) and
@@ -185,7 +193,7 @@ class BadResourceValueError(Exception):
 # --- recorded results --------------------------------------------------------------------------
 
 _RESULT = {"outcome": "none", "reject_msg": None, "ecode": None, "logs": [], "job_logs": [],
-           "vnodes": {}, "job_actions": [], "traceback": None}
+           "vnodes": {}, "job_actions": [], "job_resources_used": {}, "traceback": None}
 _WRITTEN = [False]
 
 
@@ -291,14 +299,20 @@ class job(object):
     def __init__(self, spec):
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_ms", bool(spec.get("in_ms_mom", True)))
+        used = pbs_resource(spec.get("resources_used") or {})
+        object.__setattr__(self, "_resources_used", used)
+        if str(spec.get("id")) == str((_SPEC.get("job") or {}).get("id")):
+            _RESULT["job_resources_used"] = used  # what the hook leaves there, recorded at exit
 
     def __getattr__(self, key):
         if key.startswith("_"):
             raise AttributeError(key)
         if key == "Resource_List":
             return pbs_resource(self._spec.get("Resource_List", {}))
+        if key == "resources_used":
+            return self._resources_used
         if key in ("id", "euser", "egroup", "exec_vnode", "exec_host", "run_count", "queue",
-                   "Job_Name", "Job_Owner", "Exit_status", "session_id", "resources_used"):
+                   "Job_Name", "Job_Owner", "Exit_status", "session_id"):
             return self._spec.get(key)
         raise UnsetAttributeNameError("job attribute '%s' not found" % key)
 
@@ -422,6 +436,10 @@ if _EVENT[0].type not in _MOM_EVENTS:
 # --- module functions ----------------------------------------------------------------------------
 
 hook_config_filename = os.environ.get("PBS_HOOK_CONFIG_FILE")
+# /etc/pbs.conf as the module reads it; PBS_HOME holds mom_priv/hooks/resourcedef, the mom's copy
+# of the server's custom resources.
+pbs_conf = {"PBS_HOME": _SPEC.get("pbs_home") or "/var/spool/pbs",
+            "PBS_EXEC": _SPEC.get("pbs_exec") or "/opt/pbs"}
 
 
 def event():
