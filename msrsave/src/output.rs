@@ -35,6 +35,15 @@ impl ExitStatus {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// Ok when the work came out clean, else Failed.
+    pub fn ok_if(clean: bool) -> Self {
+        if clean {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
 }
 
 /// How to print.

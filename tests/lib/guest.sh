@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Host-side pieces shared by the suites that boot Debian's kernel under QEMU TCG with a busybox
-# initramfs (tests/msr_safe; tests/real_kernel keeps its own copy for now). Source it from bash
-# with `set -euo pipefail`; it defines functions only.
+# initramfs (tests/real_kernel, tests/msr_safe). Source it from bash with `set -euo pipefail`; it
+# defines functions only.
 #
 #   guest_kernel                    tests/real_kernel/setup.sh (apt packages, cached kernel); sets
 #                                   GUEST_KDIR (msr.ko, version, config, vmlinuz, vmlinux) and
@@ -20,7 +20,8 @@
 #                                   Sets GUEST_PASS, GUEST_FAIL (PASS/FAIL lines, plus 1 when the
 #                                   boot itself failed) and GUEST_WHY (empty when the boot ended
 #                                   with its "MSRTEST-END scenario=NAME rc=0" marker, no FAIL line
-#                                   and at least one PASS)
+#                                   and at least one PASS). The guest's CPUs: GUEST_CPU (QEMU
+#                                   -cpu, default max) and GUEST_SMP (-smp, default 4)
 #
 # The guest's /init is tests/real_kernel/guest/init: it mounts proc, sysfs, devtmpfs and tracefs,
 # loads the stock msr driver (allow_writes=on), runs `sh /test/scenarios.sh NAME` with its output
@@ -81,7 +82,7 @@ guest_boot() {
     rm -f "$out" "$console"
     set +e
     timeout -k 5 "$timeout" qemu-system-x86_64 \
-        -no-user-config -nodefaults -accel tcg -cpu max -smp 4 -m 512M \
+        -no-user-config -nodefaults -accel tcg -cpu "${GUEST_CPU:-max}" -smp "${GUEST_SMP:-4}" -m 512M \
         -display none -monitor none -nic none -no-reboot \
         -serial "file:$console" -serial stdio \
         -kernel "$GUEST_KERNEL" -initrd "$initrd" \

@@ -225,11 +225,7 @@ pub struct AllowlistLint {
 impl Report for AllowlistLint {
     const COMMAND: &'static str = "allowlist lint";
     fn status(&self) -> ExitStatus {
-        if self.files.iter().all(|f| f.ok) {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.files.iter().all(|f| f.ok))
     }
     fn text(&self) -> String {
         let mut h = String::new();

@@ -175,11 +175,7 @@ pub struct DemoReport {
 impl Report for DemoReport {
     const COMMAND: &'static str = "demo";
     fn status(&self) -> ExitStatus {
-        if self.ok {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.ok)
     }
     fn text(&self) -> String {
         self.text.clone()

@@ -193,11 +193,7 @@ pub struct DiffReport {
 impl Report for DiffReport {
     const COMMAND: &'static str = "diff";
     fn status(&self) -> ExitStatus {
-        if self.differences.is_empty() {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.differences.is_empty())
     }
     fn text(&self) -> String {
         let mut h = String::new();

@@ -268,11 +268,7 @@ pub struct FleetCompare {
 impl Report for FleetCompare {
     const COMMAND: &'static str = "fleet compare";
     fn status(&self) -> ExitStatus {
-        if self.report.clean() {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.report.clean())
     }
     fn text(&self) -> String {
         let r = &self.report;

@@ -64,6 +64,17 @@ pub struct ReconcileInfo {
     pub removed_temps: Vec<String>,
 }
 
+impl ReconcileInfo {
+    /// One "note:" line per job ended and temporary file removed, for the text reports.
+    fn notes(&self) -> String {
+        let mut h = String::new();
+        for r in self.reaped.iter().chain(&self.removed_temps) {
+            line(&mut h, format!("note: {r}"));
+        }
+        h
+    }
+}
+
 fn reconcile(
     ctx: &Context,
     state: &StateDir,
@@ -129,15 +140,7 @@ impl Report for JobBegin {
         ExitStatus::Ok
     }
     fn text(&self) -> String {
-        let mut h = String::new();
-        for r in self
-            .reconcile
-            .reaped
-            .iter()
-            .chain(&self.reconcile.removed_temps)
-        {
-            line(&mut h, format!("note: {r}"));
-        }
+        let mut h = self.reconcile.notes();
         line(&mut h, &self.text);
         h
     }
@@ -175,22 +178,10 @@ impl Report for JobEnd {
         let clean = self.error.is_none()
             && self.restore.as_ref().is_none_or(|r| r.ok)
             && self.check.as_ref().is_none_or(|c| c.clean);
-        if clean {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(clean)
     }
     fn text(&self) -> String {
-        let mut h = String::new();
-        for r in self
-            .reconcile
-            .reaped
-            .iter()
-            .chain(&self.reconcile.removed_temps)
-        {
-            line(&mut h, format!("note: {r}"));
-        }
+        let mut h = self.reconcile.notes();
         if let Some(e) = &self.error {
             line(&mut h, format!("job {}: FAILED: {e}", self.job_id));
             return h;
@@ -293,22 +284,10 @@ pub struct JobReconcile {
 impl Report for JobReconcile {
     const COMMAND: &'static str = "job reconcile";
     fn status(&self) -> ExitStatus {
-        if self.restore.as_ref().is_none_or(|r| r.ok) {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.restore.as_ref().is_none_or(|r| r.ok))
     }
     fn text(&self) -> String {
-        let mut h = String::new();
-        for r in self
-            .reconcile
-            .reaped
-            .iter()
-            .chain(&self.reconcile.removed_temps)
-        {
-            line(&mut h, format!("note: {r}"));
-        }
+        let mut h = self.reconcile.notes();
         if let Some(r) = &self.restore {
             line(
                 &mut h,

@@ -241,11 +241,7 @@ pub struct RestoreOutput {
 impl Report for RestoreOutput {
     const COMMAND: &'static str = "restore";
     fn status(&self) -> ExitStatus {
-        if self.report.ok() {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.report.ok())
     }
     fn text(&self) -> String {
         let r = &self.report;
@@ -378,11 +374,7 @@ pub struct CheckOutput {
 impl Report for CheckOutput {
     const COMMAND: &'static str = "check";
     fn status(&self) -> ExitStatus {
-        if self.clean {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Failed
-        }
+        ExitStatus::ok_if(self.clean)
     }
     fn text(&self) -> String {
         let r = &self.report;
