@@ -38,11 +38,23 @@ class ScriptTestCase(NodeTestCase):
             f.write('#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done > %s\n'
                     % self.offline_log)
         os.chmod(self.pbsnodes, 0o755)
+        # The mom's job files (mom_priv/jobs/ID.JB): the jobs it holds (mom_holds()).
+        self.mom_jobs = os.path.join(self.tmp, "mom_jobs")
+        os.mkdir(self.mom_jobs)
+
+    def mom_holds(self, *job_files):
+        for name in job_files:
+            open(os.path.join(self.mom_jobs, name + ".JB"), "w").close()
+
+    def mom_drops(self, *job_files):
+        for name in job_files:
+            os.unlink(os.path.join(self.mom_jobs, name + ".JB"))
 
     def conf(self, **settings):
         values = {"MSRSAVE": self.msrsave or FAKE_MSRSAVE, "ROOT": self.root,
                   "STATE_DIR": self.state_dir, "TIMEOUT": "20",
-                  "OFFLINE_CMD": "%s -o -N" % self.pbsnodes, "NODE_NAME": "node1"}
+                  "OFFLINE_CMD": "%s -o -N" % self.pbsnodes, "NODE_NAME": "node1",
+                  "MOM_JOBS_DIR": self.mom_jobs}
         values.update(settings)
         path = os.path.join(self.tmp, "pbs-scripts.conf")
         with open(path, "w") as f:
@@ -86,6 +98,63 @@ class TorqueCycleTests(ScriptTestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(self.registers(), before)
         self.assertIsNone(self.offline_calls())
+
+    def test_a_job_the_mom_forgot_is_ended_by_the_next_prologue(self):
+        """The mom died while job 40 ran and its epilogue never ran: the next job's prologue
+        finds 40 registered but not among the mom's job files, ends it (the node is restored,
+        40 was the last) and takes a fresh snapshot."""
+        self.env["MSR_RESTORE_VERBOSE"] = "1"
+        before = self.registers()
+        self.mom_holds("40.pbs")
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("40.pbs")).returncode, 0)
+        self.job_changes_registers()
+        self.mom_drops("40.pbs")
+        self.age_registration("40.pbs", 300)  # past msrsave's grace for a job just begun
+
+        self.mom_holds("41.pbs")
+        p = self.run_script(PROLOGUE, prologue_args("41.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"the mom no longer runs these jobs, ended: job 40.pbs", p.stderr)
+        self.assertEqual(self.registered(), ["41.pbs"])
+        self.assertEqual(self.registers(), before)
+        p = self.run_script(EPILOGUE, epilogue_args("41.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.registered(), [])
+
+    def test_jobs_the_mom_holds_are_kept(self):
+        """A job whose file the mom has (by its full id, or cut to 11 characters as Torque may
+        name it) is never ended, however old; nor is one just begun without a file."""
+        self.mom_holds("50.pbs", "1234567.ser")
+        for job in ("50.pbs", "1234567.server.example"):
+            self.assertEqual(self.run_script(PROLOGUE, prologue_args(job)).returncode, 0)
+            self.age_registration(job, 300)
+        self.env["MSR_RESTORE_VERBOSE"] = "1"
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("1234567.server.example"))
+                         .returncode, 0)
+        # job 51: begun here just now, its file not (yet) there: within msrsave's grace
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("51.pbs")).returncode, 0)
+        self.mom_holds("52.pbs")
+        p = self.run_script(EPILOGUE, epilogue_args("52.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"ended:", p.stderr)
+        self.assertEqual(self.registered(), ["1234567.server.example", "50.pbs", "51.pbs"])
+
+    def test_without_the_moms_job_files_nothing_is_ended(self):
+        """No readable job directory, or none with this job's file: the mom cannot be asked,
+        so a stale registration stays (and the script says why)."""
+        self.mom_holds("60.pbs")
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("60.pbs")).returncode, 0)
+        self.mom_drops("60.pbs")
+        self.age_registration("60.pbs", 300)
+        self.env["MSR_RESTORE_VERBOSE"] = "1"
+        p = self.run_script(PROLOGUE, prologue_args("61.pbs"))  # no file of 61 either
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"has no file of job 61.pbs", p.stderr)
+        self.conf(MOM_JOBS_DIR=os.path.join(self.tmp, "no-such-dir"))
+        p = self.run_script(EPILOGUE, epilogue_args("61.pbs"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"cannot read the mom's job directory", p.stderr)
+        self.assertEqual(self.registered(), ["60.pbs"])
 
     def test_torque_arguments_and_failed_job(self):
         before = self.registers()

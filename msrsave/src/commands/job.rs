@@ -148,6 +148,7 @@ impl Report for JobBegin {
         vec![
             ("snapshot", self.snapshot.clone()),
             ("active_jobs", self.active_jobs.join(",")),
+            ("reaped", self.reconcile.reaped.join("; ")),
         ]
     }
 }
@@ -231,6 +232,7 @@ impl Report for JobEnd {
         vec![
             ("last_job", u8::from(self.last_job).to_string()),
             ("active_jobs", self.active_jobs.join(",")),
+            ("reaped", self.reconcile.reaped.join("; ")),
             ("error", self.error.clone().unwrap_or_default()),
         ]
     }

@@ -776,10 +776,84 @@ class Suite(object):
         self.check("server periodic run of %s (sys.stderr None): accepted, no error" % HOOKS[2],
                    not bad, "\n".join(bad))
 
+    def scenario_classic_scripts(self):
+        """The Torque / classic PBS scripts as the real mom runs them: copied to
+        mom_priv/prologue and epilogue (root, 0500) with the hooks disabled, settings in
+        /etc/msr-restore/pbs-scripts.conf. One job: registered by the prologue, restored by the
+        epilogue. A job whose epilogue never ran (a registration the mom has no job file for,
+        older than msrsave's grace) is ended by the next job's prologue, which finds the mom's
+        jobs in mom_priv/jobs beside it."""
+        mom_priv = os.path.join(PBS_HOME, "mom_priv")
+        conf_dir = "/etc/msr-restore"
+        conf = os.path.join(conf_dir, "pbs-scripts.conf")
+        placed, made_dir = [], not os.path.isdir(conf_dir)
+        for path in [os.path.join(mom_priv, n) for n in ("prologue", "epilogue")] + [conf]:
+            self.require("%s is not there before the scenario (a test host)" % path,
+                         not os.path.exists(path))
+        for name in HOOKS:
+            self.qmgr("set hook %s enabled = false" % name)
+        try:
+            os.makedirs(conf_dir, exist_ok=True)
+            with open(conf, "w") as f:
+                f.write("MSRSAVE=%s\nSTATE_DIR=%s\nROOT=%s\nTIMEOUT=20\n"
+                        % (MSRSAVE, self.state_dir, self.root))
+            placed.append(conf)
+            for name in ("prologue", "epilogue"):
+                target = os.path.join(mom_priv, name)
+                shutil.copyfile(os.path.join(PBS_HOOK, "torque", name), target)
+                os.chmod(target, 0o500)
+                placed.append(target)
+            time.sleep(2)  # the moms drop the disabled hooks
+            since = time.time()
+
+            before = self.registers()
+            job_id, flag = self.submit("classic")
+            self.wait_running(job_id)
+            self.wait("job %s registered by mom_priv/prologue" % job_id,
+                      lambda: self.registered() == [job_id])
+            self.job_changes_registers()
+            self.release(flag)
+            self.wait_finished(job_id)
+            self.wait("job %s ended by mom_priv/epilogue" % job_id,
+                      lambda: self.registered() == [])
+            self.check("classic scripts: the registers the job changed are restored",
+                       self.registers() == before)
+
+            self.require("classic scripts: msrsave registers 998.gone (an epilogue that never "
+                         "ran)", self.msrsave("job", "begin", "998.gone").get("ok"))
+            self.job_changes_registers()
+            record = os.path.join(self.state_dir, "jobs", "998.gone")
+            old = time.time() - RECONCILE_GRACE - 60
+            os.utime(record, (old, old))
+            job_id, flag = self.submit("classic2")
+            self.wait_running(job_id)
+            self.wait("job %s registered by mom_priv/prologue" % job_id,
+                      lambda: job_id in self.registered())
+            self.check("classic scripts: the next prologue ended 998.gone (no job file in "
+                       "mom_priv/jobs) and restored the node before its snapshot",
+                       self.registered() == [job_id] and self.registers() == before,
+                       self.registered())
+            self.release(flag)
+            self.wait_finished(job_id)
+            self.wait("job %s ended by mom_priv/epilogue" % job_id,
+                      lambda: self.registered() == [])
+            self.check("classic scripts: vnode free", self.vnode() == ("free", None),
+                       self.vnode())
+            hook_runs = [l for l in self.mom_log(since) if "msr-restore[" in l]
+            self.check("classic scripts: the scripts did it, no hook ran", not hook_runs,
+                       "\n".join(hook_runs[:5]))
+        finally:
+            for path in placed:
+                os.unlink(path)
+            if made_dir:
+                os.rmdir(conf_dir)
+            for name in HOOKS:
+                self.qmgr("set hook %s enabled = true" % name, check=False)
+
 
 SCENARIOS = ["probe", "install", "one_job", "overlap", "qdel", "rejected_prologue",
              "begin_failure", "restore_failure", "drift", "drift_policy", "refused_config",
-             "admin_offline", "stale_job", "server_periodic"]
+             "admin_offline", "stale_job", "server_periodic", "classic_scripts"]
 
 
 def main(argv):
