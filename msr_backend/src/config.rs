@@ -357,20 +357,29 @@ impl Config {
             if line.is_empty() {
                 continue;
             }
-            let origin = || Origin::File {
+            self.apply_setting(&mut parser, line, || Origin::File {
                 path: path.to_path_buf(),
                 line: i + 1,
-            };
-            let (k, v) = parser.split(line).map_err(|problem| ConfigError::Setting {
-                origin: origin(),
-                problem,
-            })?;
-            self.set(k, v).map_err(|problem| ConfigError::Setting {
-                origin: origin(),
-                problem,
             })?;
         }
         Ok(())
+    }
+
+    /// One `key=value` setting through the shared parser; a problem is named by `origin`.
+    fn apply_setting(
+        &mut self,
+        parser: &mut OptionParser,
+        text: &str,
+        origin: impl Fn() -> Origin,
+    ) -> Result<(), ConfigError> {
+        let (k, v) = parser.split(text).map_err(|problem| ConfigError::Setting {
+            origin: origin(),
+            problem,
+        })?;
+        self.set(k, v).map_err(|problem| ConfigError::Setting {
+            origin: origin(),
+            problem,
+        })
     }
 
     /// Parse configuration text over the defaults.
@@ -418,17 +427,9 @@ impl Config {
         let mut parser = OptionParser::shared();
         for s in settings {
             let text = s.as_ref();
-            let origin = || Origin::Argument {
+            self.apply_setting(&mut parser, text, || Origin::Argument {
                 what,
                 text: text.to_string(),
-            };
-            let (k, v) = parser.split(text).map_err(|problem| ConfigError::Setting {
-                origin: origin(),
-                problem,
-            })?;
-            self.set(k, v).map_err(|problem| ConfigError::Setting {
-                origin: origin(),
-                problem,
             })?;
         }
         Ok(())

@@ -92,6 +92,23 @@ pub struct FieldValues {
     pub missing: Option<String>,
 }
 
+impl FieldValues {
+    /// Its values for people: `0x1 on CPUs 0-3, unreadable (EIO) on CPUs 4-7`.
+    pub fn values_text(&self) -> String {
+        self.values
+            .iter()
+            .map(|v| {
+                let what = v.value.map_or_else(
+                    || format!("unreadable ({})", v.error.as_deref().unwrap_or("?")),
+                    |x| x.to_string(),
+                );
+                format!("{what} on CPUs {}", v.cpus)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A node's summary for comparison: one JSON object, one line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fingerprint {
@@ -501,18 +518,7 @@ impl<'p> Comparison<'p> {
                 sig.push(Seen::Missing("no value".to_string()));
             }
             if fv.values.len() > 1 {
-                let d = fv
-                    .values
-                    .iter()
-                    .map(|v| {
-                        let what = v.value.map_or_else(
-                            || format!("unreadable ({})", v.error.as_deref().unwrap_or("?")),
-                            |x| x.to_string(),
-                        );
-                        format!("{what} on CPUs {}", v.cpus)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let d = fv.values_text();
                 rec.detail.push((ci as u32, d.into_boxed_str()));
             }
             // Static: decided by the node alone.

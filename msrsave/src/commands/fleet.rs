@@ -146,17 +146,7 @@ impl Report for FleetFingerprint {
             let values = if fv.values.is_empty() {
                 fv.missing.clone().unwrap_or_default()
             } else {
-                fv.values
-                    .iter()
-                    .map(|v| {
-                        let what = v.value.map_or_else(
-                            || format!("unreadable ({})", v.error.as_deref().unwrap_or("?")),
-                            |x| x.to_string(),
-                        );
-                        format!("{what} on CPUs {}", v.cpus)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                fv.values_text()
             };
             line(
                 &mut h,
