@@ -309,6 +309,22 @@ class TorqueFailureTests(ScriptTestCase):
         self.assertEqual(p.returncode, 0)
         self.assertIn(b"unknown setting ignored: MSRSAV=/typo", p.stderr)
 
+    def test_conf_lines_with_spaces_quotes_and_comments(self):
+        """KEY = "VALUE"  # comment: the value is taken whole, inner spaces kept."""
+        path = self.conf()
+        with open(path, "w") as f:
+            f.write('  MSRSAVE = "%s"   # the fake\n\tTIMEOUT\t=\t20\n'
+                    'OFFLINE_CMD = "%s -o -N"\nNODE_NAME= node9 \nMOM_JOBS_DIR=%s\n'
+                    % (FAKE_MSRSAVE, self.pbsnodes, self.mom_jobs))
+        self.env["FAKE_MSRSAVE_MODE"] = "fail"
+        p = self.run_script(PROLOGUE, prologue_args("31.pbs"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertNotIn(b"unknown setting", p.stderr)
+        calls = self.offline_calls()
+        self.assertEqual(calls[0:1], ["-o"], calls)
+        self.assertEqual(calls[-1], "node9", calls)
+        self.assertEqual(len(self.fake_calls()), 1)
+
     def test_scripts_are_executable_sh(self):
         for script in (PROLOGUE, EPILOGUE):
             mode = os.stat(script).st_mode
