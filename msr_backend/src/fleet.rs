@@ -119,7 +119,7 @@ pub struct Fingerprint {
     pub cpu: CpuIdentity,
     /// `06_55`.
     pub cpu_model: String,
-    /// The microcode revision (`/proc/cpuinfo`); unknown for a save file.
+    /// The microcode revision (`/proc/cpuinfo`; a save file's, when it recorded one).
     pub microcode: Option<String>,
     pub kernel: Option<String>,
     /// `sha256:` digest of the allowlist in effect, in the kernel's read-back form.

@@ -103,6 +103,7 @@ pub fn save(backend: &OpenBackend, path: &Path, job_id: Option<&str>) -> Result<
     );
     meta.job_id = job_id.map(str::to_string);
     meta.msr_safe = node.msr_safe_version();
+    meta.microcode = node.microcode();
     meta.locked = locked;
     let file = SaveFile { meta, snapshot };
     let stale_temps = fsio::remove_stale_temps(path);

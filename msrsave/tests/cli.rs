@@ -660,3 +660,26 @@ fn package_registers_are_checked_and_restored_once_per_package() {
     );
     assert_eq!(files_of(&n, 8), saved, "every register file is back");
 }
+
+#[test]
+fn a_save_file_records_the_microcode_and_diff_says_when_it_changed() {
+    let n = node(2);
+    let (a, b) = (n.path("a.msr"), n.path("b.msr"));
+    assert_exit(&n.run(&["save", &a]), 0);
+    // A microcode update between two baselines, as /proc/cpuinfo shows it.
+    let cpuinfo = n.root.join("proc/cpuinfo");
+    let text = std::fs::read_to_string(&cpuinfo).unwrap();
+    assert!(text.contains("microcode\t: 0x2007006"), "{text}");
+    std::fs::write(&cpuinfo, text.replace("0x2007006", "0x2007108")).unwrap();
+    assert_exit(&n.run(&["save", &b]), 0);
+    let o = n.run(&["--json", "show", &b]);
+    assert_exit(&o, 0);
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(shown.contains("\"microcode\":\"0x2007108\""), "{shown}");
+    let o = n.run(&["diff", &a, &b]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("microcode revisions differ: 0x2007006 vs 0x2007108"),
+        "{o:?}"
+    );
+}

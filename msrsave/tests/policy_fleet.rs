@@ -530,6 +530,16 @@ fn fleet_finds_the_planted_outliers_from_files_stdin_and_save_files() {
             std::fs::remove_file(&f).unwrap();
         }
     }
+    // A save file records the node's microcode revision, and its fingerprint carries it.
+    let fp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saves.join("n1.json")).unwrap()).unwrap();
+    assert_eq!(fp["microcode"], "0x2007006", "{fp:#}");
+    let shown = nodes[0].run(&["show", s(&saves.join("n0.save"))]);
+    assert_exit(&shown, 0);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("microcode 0x2007006"),
+        "{shown:?}"
+    );
     // n0 stays a save file (named by its host), the others are fingerprints of save files.
     let o = msrsave(&[
         "--format",

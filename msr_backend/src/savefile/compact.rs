@@ -75,6 +75,9 @@ struct Header {
     kernel: Option<String>,
     backend: BackendKind,
     msr_safe: Option<String>,
+    /// The microcode revision; optional (files without it are version 2 as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    microcode: Option<String>,
     allowlist: AllowlistRecord,
     /// The CPUs, in the kernel's list syntax; one table row each, in this order.
     cpus: String,
@@ -165,6 +168,7 @@ pub fn write(file: &SaveFile, out: &mut impl Write) -> std::io::Result<()> {
         kernel: m.kernel.clone(),
         backend: m.backend,
         msr_safe: m.msr_safe.clone(),
+        microcode: m.microcode.clone(),
         allowlist: AllowlistRecord::of(&s.allowlist),
         cpus: format_cpu_list(&s.cpus),
         locked: m.locked.clone(),
@@ -421,6 +425,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<SaveFile, SaveFileError> {
         kernel: header.kernel,
         backend: header.backend,
         msr_safe: header.msr_safe,
+        microcode: header.microcode,
         locked: header.locked,
     };
     Ok(SaveFile {

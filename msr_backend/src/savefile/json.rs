@@ -225,6 +225,7 @@ fn from_document(doc: Document, path: &Path) -> Result<SaveFile, SaveFileError> 
         kernel: doc.kernel,
         backend: doc.backend,
         msr_safe: doc.msr_safe,
+        microcode: None, // version 1 never recorded it
         locked: Vec::new(),
     };
     let snapshot = Snapshot::from_outcomes(

@@ -89,6 +89,10 @@ pub struct SaveMeta {
     pub backend: BackendKind,
     /// msr-safe's version, if it was loaded.
     pub msr_safe: Option<String>,
+    /// The microcode revision the kernel reported (`/proc/cpuinfo`, `0x2007006`); absent from
+    /// files written before it was recorded and where the kernel shows none (virtual machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microcode: Option<String>,
     /// Registers whose lock bit was set when the snapshot was taken, per MSR (absent from
     /// files written before locks were known, and when none was set).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -128,6 +132,7 @@ impl SaveMeta {
             kernel,
             backend,
             msr_safe: None,
+            microcode: None,
             locked: Vec::new(),
         }
     }

@@ -65,8 +65,9 @@ impl Report for ShowReport {
         line(
             &mut h,
             format!(
-                "  CPU {}  kernel {}  backend {}  msr-safe {}",
+                "  CPU {}  microcode {}  kernel {}  backend {}  msr-safe {}",
                 m.cpu,
+                m.microcode.as_deref().unwrap_or("-"),
                 m.kernel.as_deref().unwrap_or("?"),
                 m.backend,
                 m.msr_safe.as_deref().unwrap_or("-")
@@ -245,6 +246,12 @@ pub fn diff(a: &Path, b: &Path, writable_only: bool) -> Result<DiffReport> {
             "CPU models differ: {} vs {}",
             fa.meta.cpu, fb.meta.cpu
         ));
+    }
+    if let (Some(ma), Some(mb)) = (&fa.meta.microcode, &fb.meta.microcode) {
+        // A BIOS or microcode update between the two files explains some differences.
+        if ma != mb {
+            notes.push(format!("microcode revisions differ: {ma} vs {mb}"));
+        }
     }
     if sa.allowlist.digest() != sb.allowlist.digest() {
         notes.push(format!(

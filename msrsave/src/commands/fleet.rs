@@ -92,7 +92,7 @@ fn of_save_file(policy: &Policy, file: &SaveFile, path: &Path) -> Fingerprint {
         &file.snapshot.allowlist,
         NodeFacts {
             node: m.host.clone(),
-            microcode: None,
+            microcode: m.microcode.clone(),
             kernel: m.kernel.clone(),
             taken: m.created.clone(),
             source: format!("save file {}", shown(path)),
