@@ -196,8 +196,7 @@ EOF
 0755 /usr/share/msr-restore/pbs/install.sh
 0755 /usr/share/msr-restore/pbs/uninstall.sh
 0644 /usr/share/msr-restore/pbs/README.md
-0755 /usr/share/msr-restore/pbs/torque/prologue
-0755 /usr/share/msr-restore/pbs/torque/epilogue
+0755 /usr/share/msr-restore/pbs/torque/msr-restore-job
 0644 /etc/msr-restore/msr_restore_hook.json
 EOF
     fi

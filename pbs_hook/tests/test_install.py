@@ -255,8 +255,7 @@ class InstallTests(unittest.TestCase):
         if shutil.which("shellcheck") is None:
             self.skipTest("shellcheck is not installed")
         scripts = [INSTALL, UNINSTALL, os.path.join(TESTS, "run.sh"),
-                   os.path.join(PBS_HOOK, "torque", "prologue"),
-                   os.path.join(PBS_HOOK, "torque", "epilogue")]
+                   os.path.join(PBS_HOOK, "torque", "msr-restore-job")]
         p = subprocess.run(["shellcheck", "-s", "sh"] + scripts, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
         self.assertEqual(p.returncode, 0, p.stdout.decode())

@@ -1,15 +1,32 @@
 """The Torque / classic PBS prologue and epilogue, called with the mom's real arguments."""
 
+import atexit
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 import unittest
 
 from helpers import FAKE_MSRSAVE, PBS_HOOK, NodeTestCase, needs_msrsave
 
-PROLOGUE = os.path.join(PBS_HOOK, "torque", "prologue")
-EPILOGUE = os.path.join(PBS_HOOK, "torque", "epilogue")
+# One script, installed under the names the mom runs (it acts by its name): copies as an admin
+# installs them.
+SCRIPT = os.path.join(PBS_HOOK, "torque", "msr-restore-job")
+MOM_PRIV = tempfile.mkdtemp(prefix="msr-restore-mom-priv-")
+atexit.register(shutil.rmtree, MOM_PRIV, True)
+
+
+def installed(name):
+    path = os.path.join(MOM_PRIV, name)
+    shutil.copyfile(SCRIPT, path)
+    os.chmod(path, 0o500)
+    return path
+
+
+PROLOGUE = installed("prologue")
+EPILOGUE = installed("epilogue")
 
 
 def prologue_args(job_id, torque=False):
@@ -325,8 +342,23 @@ class TorqueFailureTests(ScriptTestCase):
         self.assertEqual(calls[-1], "node9", calls)
         self.assertEqual(len(self.fake_calls()), 1)
 
+    def test_the_script_acts_by_its_name(self):
+        """Torque's sister names run the same code; any other name is refused, nothing run."""
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.env["FAKE_MSRSAVE_MODE"] = "ok"
+        self.assertEqual(self.run_script(installed("prologue.parallel"),
+                                         prologue_args("32.pbs")).returncode, 0)
+        self.assertEqual(self.run_script(installed("epilogue.parallel"),
+                                         epilogue_args("32.pbs")).returncode, 0)
+        self.assertEqual([c[-2:] for c in self.fake_calls()],
+                         [["begin", "32.pbs"], ["end", "32.pbs"]])
+        p = self.run_script(SCRIPT, prologue_args("33.pbs"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"install this script as mom_priv/prologue and mom_priv/epilogue", p.stderr)
+        self.assertEqual(len(self.fake_calls()), 2)
+
     def test_scripts_are_executable_sh(self):
-        for script in (PROLOGUE, EPILOGUE):
+        for script in (SCRIPT, PROLOGUE, EPILOGUE):
             mode = os.stat(script).st_mode
             self.assertTrue(mode & stat.S_IXUSR, script)
             with open(script) as f:

@@ -800,7 +800,7 @@ class Suite(object):
             placed.append(conf)
             for name in ("prologue", "epilogue"):
                 target = os.path.join(mom_priv, name)
-                shutil.copyfile(os.path.join(PBS_HOOK, "torque", name), target)
+                shutil.copyfile(os.path.join(PBS_HOOK, "torque", "msr-restore-job"), target)
                 os.chmod(target, 0o500)
                 placed.append(target)
             time.sleep(2)  # the moms drop the disabled hooks
