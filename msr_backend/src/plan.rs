@@ -231,9 +231,6 @@ pub struct DomainWrite {
     pub saved: u64,
     /// The bits written: restored bits, less those a set lock holds and the lock bit itself.
     pub mask: WriteMask,
-    /// Which CPUs must read the saved bits back: every CPU of the domain (a register that holds
-    /// one value), or the CPU written alone.
-    pub verify_all: bool,
 }
 
 /// Compared bits that differ from the snapshot (one entry for a domain holding one value).
@@ -369,10 +366,7 @@ pub fn plan_domain_into(
     if inconsistent != Inconsistency::default() {
         plan.inconsistent = Some(inconsistent);
         for m in members {
-            let mut one = plan_domain(restore_mask, drift_mask, lock, std::slice::from_ref(m));
-            for w in &mut one.writes {
-                w.verify_all = false;
-            }
+            let one = plan_domain(restore_mask, drift_mask, lock, std::slice::from_ref(m));
             plan.writes.extend(one.writes);
             plan.unchanged += one.unchanged;
             plan.unreadable_at_save += one.unreadable_at_save;
@@ -456,7 +450,6 @@ pub fn plan_domain_into(
             current: rep.current.unwrap_or_default(),
             saved: rep.saved.unwrap_or_default(),
             mask: restore,
-            verify_all: true,
         }),
     }
 }
@@ -469,6 +462,27 @@ pub fn waves(edges: &[(usize, usize)], scopes: &[Scope]) -> Vec<u32> {
     crate::msrs::order::longest_paths(scopes.len(), edges, |i, j| {
         u32::from(scopes[i] != Scope::Thread || scopes[j] != Scope::Thread)
     })
+}
+
+/// The order a restore runs its writes in: by wave ([`waves`]), then CPU by CPU (CPUs run in
+/// parallel), each CPU's writes in rank order (the longest chain of rules before the register).
+pub struct WriteOrder {
+    pub wave: Vec<u32>,
+    rank: Vec<u32>,
+}
+
+impl WriteOrder {
+    pub fn new(edges: &[(usize, usize)], scopes: &[Scope]) -> WriteOrder {
+        WriteOrder {
+            wave: waves(edges, scopes),
+            rank: crate::msrs::order::longest_paths(scopes.len(), edges, |_, _| 1),
+        }
+    }
+
+    /// The sort key of a write of register `entry` from `cpu`.
+    pub fn key(&self, entry: usize, cpu: CpuId) -> (u32, CpuId, u32, usize) {
+        (self.wave[entry], cpu, self.rank[entry], entry)
+    }
 }
 
 /// What a restore must write so that every writable bit holds its saved value again.
@@ -641,7 +655,6 @@ mod tests {
         assert!(p.one_value && p.inconsistent.is_none());
         assert_eq!(p.writes.len(), 1);
         assert_eq!(p.writes[0].cpu, CpuId(0));
-        assert!(p.writes[0].verify_all);
         assert_eq!((p.drift.len(), p.changed_cpus.len(), p.compared), (1, 4, 1));
     }
 
@@ -659,7 +672,7 @@ mod tests {
         assert!(i.at_save.is_none());
         assert_eq!(i.now.expect("now").b, (CpuId(1), Ok(9)));
         assert_eq!(p.writes.len(), 1);
-        assert_eq!((p.writes[0].cpu, p.writes[0].verify_all), (CpuId(1), false));
+        assert_eq!(p.writes[0].cpu, CpuId(1));
         assert_eq!((p.unchanged, p.compared, p.drift.len()), (2, 3, 1));
         // Readable on one CPU and not on another disagrees too.
         let mut m = members(&[(1, 1), (1, 1)]);
@@ -775,15 +788,9 @@ mod tests {
             }
             if p.one_value {
                 prop_assert!(p.writes.len() <= 1);
-                if let Some(w) = p.writes.first() {
-                    prop_assert!(w.verify_all);
-                }
                 prop_assert!(p.inconsistent.is_none());
             } else {
                 prop_assert!(p.inconsistent.is_some());
-                for w in &p.writes {
-                    prop_assert!(!w.verify_all);
-                }
             }
         }
 
@@ -805,14 +812,14 @@ mod tests {
                 .into_iter()
                 .filter(|&(i, j)| i < j && j < n)
                 .collect();
-            let rank = crate::msrs::order::longest_paths(n, &edges, |_, _| 1);
-            let wave = waves(&edges, &scopes);
-            // Writes: per-thread registers from every CPU, shared ones from CPU 0.
+            let order = WriteOrder::new(&edges, &scopes);
+            // Writes: per-thread registers from every CPU, shared ones from CPU 0, sorted as a
+            // restore sorts them.
             let mut writes: Vec<(u32, CpuId, u32, usize)> = Vec::new();
             for (e, s) in scopes.iter().enumerate() {
                 let from: Vec<u32> = if *s == Scope::Thread { (0..cpus).collect() } else { vec![0] };
                 for c in from {
-                    writes.push((wave[e], CpuId(c), rank[e], e));
+                    writes.push(order.key(e, CpuId(c)));
                 }
             }
             writes.sort_unstable();

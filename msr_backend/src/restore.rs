@@ -26,8 +26,8 @@ use serde::Serialize;
 use crate::allowlist::{Allowlist, AllowlistEntry};
 use crate::device::{self, DeviceError, MsrDevice, MsrOp, OpError};
 use crate::finding::{Finding, Problem, Stage};
+use crate::msrs::order;
 use crate::msrs::scope::Scope;
-use crate::msrs::{msr_name, order};
 use crate::plan::{self, plan_domain_into, DomainPlan, DomainWrite, DriftBits, MaskChange, Member};
 use crate::snapshot::Snapshot;
 use crate::topology::{Layout, Where};
@@ -287,10 +287,7 @@ fn split_cpus(saved: &Snapshot, online: &[CpuId]) -> (Vec<(CpuId, usize)>, Vec<C
 }
 
 fn name_of(entry: &AllowlistEntry) -> Option<String> {
-    entry
-        .name
-        .clone()
-        .or_else(|| msr_name(entry.addr).map(str::to_string))
+    entry.display_name().map(str::to_string)
 }
 
 /// What to do with the registers read.
@@ -391,8 +388,20 @@ struct DomainRows {
 
 type Domains = Vec<DomainRows>;
 
-/// The domains of each scope among the present CPUs, computed once per operation.
-type Splits = std::collections::HashMap<Scope, Domains>;
+/// The domains of each scope among the present CPUs, and each work entry's scope and lock (the
+/// model's tables looked up once per entry, not once per write), computed once per operation.
+struct Splits {
+    by_scope: std::collections::HashMap<Scope, Domains>,
+    scope: Vec<Scope>,
+    lock: Vec<Option<crate::msrs::lock::Lock>>,
+}
+
+impl Splits {
+    /// The domains of work entry `ei`'s scope.
+    fn of(&self, ei: usize) -> &Domains {
+        &self.by_scope[&self.scope[ei]]
+    }
+}
 
 /// What the registers gave, merged as the work finishes.
 #[derive(Default)]
@@ -584,10 +593,21 @@ impl Work<'_> {
                 .binary_search_by_key(&c, |p| p.0)
                 .map(|i| (present[i].1, i))
         };
-        let mut splits = Splits::new();
-        for e in self.list.entries() {
-            let scope = layout.scope(e.addr);
-            splits.entry(scope).or_insert_with(|| {
+        let scope: Vec<Scope> = self
+            .list
+            .entries()
+            .iter()
+            .map(|e| layout.scope(e.addr))
+            .collect();
+        let lock = self
+            .list
+            .entries()
+            .iter()
+            .map(|e| layout.lock(e.addr))
+            .collect();
+        let mut by_scope = std::collections::HashMap::new();
+        for &scope in &scope {
+            by_scope.entry(scope).or_insert_with(|| {
                 layout
                     .topology
                     .split(scope, &cpus)
@@ -603,21 +623,19 @@ impl Work<'_> {
                     .collect()
             });
         }
-        splits
+        Splits {
+            by_scope,
+            scope,
+            lock,
+        }
     }
 
     /// Decide for every register of every domain, from the snapshot and the read pass.
-    fn plan(&self, current: &Snapshot, layout: &Layout, splits: &Splits) -> Tally {
+    fn plan(&self, current: &Snapshot, splits: &Splits) -> Tally {
         (0..self.list.len())
             .into_par_iter()
             .fold(Tally::default, |mut tally, ei| {
-                self.plan_entry(
-                    &mut tally,
-                    ei,
-                    current,
-                    layout,
-                    &splits[&layout.scope(self.list.entries()[ei].addr)],
-                );
+                self.plan_entry(&mut tally, ei, current, splits.lock[ei], splits.of(ei));
                 tally
             })
             .reduce(Tally::default, Tally::merge)
@@ -628,11 +646,10 @@ impl Work<'_> {
         tally: &mut Tally,
         ei: usize,
         current: &Snapshot,
-        layout: &Layout,
+        lock: Option<crate::msrs::lock::Lock>,
         domains: &Domains,
     ) {
         let addr = self.list.entries()[ei].addr;
-        let lock = layout.lock(addr);
         let name = || self.names[ei].clone();
         let mut change = Change::default();
         let mut members: Vec<Member> = Vec::new();
@@ -754,19 +771,17 @@ impl Work<'_> {
         &self,
         p: &Pending,
         current: &Snapshot,
-        layout: &Layout,
         splits: &Splits,
         scratch: &mut (Vec<Member>, DomainPlan),
     ) -> Planned {
         let ei = p.entry();
-        let addr = self.list.entries()[ei].addr;
-        let d = &splits[&layout.scope(addr)][usize::from(p.domain)];
+        let d = &splits.of(ei)[usize::from(p.domain)];
         let (members, plan) = scratch;
         self.members_into(ei, &d.rows, current, members);
         plan_domain_into(
             self.masks[ei],
             self.drift_masks[ei],
-            layout.lock(addr),
+            splits.lock[ei],
             members,
             plan,
         );
@@ -778,7 +793,8 @@ impl Work<'_> {
             .expect("planning the same register of the same domain again gives the same writes");
         Planned {
             at: if p.shared { d.at } else { Where::Cpu(p.cpu()) },
-            verify_on: (write.verify_all && d.cpus.len() > 1).then(|| Arc::clone(&d.cpus)),
+            // A domain that holds one value is verified on all its CPUs, else on the CPU written.
+            verify_on: (plan.one_value && d.cpus.len() > 1).then(|| Arc::clone(&d.cpus)),
             write,
         }
     }
@@ -813,17 +829,17 @@ impl Work<'_> {
         }
         let addrs: Vec<MsrAddr> = self.list.entries().iter().map(|e| e.addr).collect();
         let edges = order::edges(layout.cpu.as_ref(), &addrs);
-        let rank = order::longest_paths(addrs.len(), &edges, |_, _| 1);
         // A register handled CPU by CPU behaves as a per-thread one.
         let mut scopes = vec![Scope::Thread; addrs.len()];
         for p in &pending {
             if p.shared {
-                let at = splits[&layout.scope(addrs[p.entry()])][usize::from(p.domain)].at;
+                let at = splits.of(p.entry())[usize::from(p.domain)].at;
                 scopes[p.entry()] = scopes[p.entry()].max(at.scope());
             }
         }
-        let wave = plan::waves(&edges, &scopes);
-        pending.sort_by_key(|p| (wave[p.entry()], p.cpu, rank[p.entry()], p.entry));
+        let order = plan::WriteOrder::new(&edges, &scopes);
+        let wave = &order.wave;
+        pending.sort_by_key(|p| order.key(p.entry(), p.cpu()));
         let mut scratch = (Vec::new(), DomainPlan::default());
 
         // Writes: a wave at a time, in chunks.
@@ -839,14 +855,14 @@ impl Work<'_> {
                     .count();
             let planned: Vec<Planned> = pending[start..end]
                 .iter()
-                .map(|p| self.write_of(p, current, layout, splits, &mut scratch))
+                .map(|p| self.write_of(p, current, splits, &mut scratch))
                 .collect();
             let mut ops: Vec<MsrOp> = pending[start..end]
                 .iter()
                 .zip(&planned)
                 .map(|(p, w)| MsrOp::write(p.cpu(), addrs[p.entry()], w.write.new, w.write.mask))
                 .collect();
-            run(device, &mut ops)?;
+            device::execute(device, &mut ops)?;
             for (i, ((p, w), op)) in pending[start..end]
                 .iter()
                 .zip(&planned)
@@ -882,8 +898,7 @@ impl Work<'_> {
             let end = (start + self.chunk).min(pending.len());
             let planned: Vec<Option<Planned>> = (start..end)
                 .map(|wi| {
-                    ok[wi]
-                        .then(|| self.write_of(&pending[wi], current, layout, splits, &mut scratch))
+                    ok[wi].then(|| self.write_of(&pending[wi], current, splits, &mut scratch))
                 })
                 .collect();
             let mut checks: Vec<(CpuId, usize)> = Vec::new();
@@ -900,7 +915,7 @@ impl Work<'_> {
                 .iter()
                 .map(|&(c, i)| MsrOp::read(c, addrs[pending[start + i].entry()]))
                 .collect();
-            run(device, &mut verify)?;
+            device::execute(device, &mut verify)?;
             // Per write: the value its own CPU reads back, and whether every CPU holds.
             let mut held: Vec<bool> = planned.iter().map(Option::is_some).collect();
             let mut after = vec![0u64; planned.len()];
@@ -973,7 +988,7 @@ impl Work<'_> {
         let cpus: Vec<CpuId> = present.iter().map(|p| p.0).collect();
         let current = Snapshot::take(device, Arc::clone(&self.list), &cpus)?;
         let splits = self.splits(layout, present);
-        let mut tally = self.plan(&current, layout, &splits);
+        let mut tally = self.plan(&current, &splits);
         match self.mode {
             Mode::Restore { dry_run: true } => {
                 let pending = std::mem::take(&mut tally.pending);
@@ -982,7 +997,7 @@ impl Work<'_> {
                 for p in &pending {
                     let key = (p.cpu(), p.entry());
                     if tally.writes.keeps(key) {
-                        let w = self.write_of(p, &current, layout, &splits, &mut scratch);
+                        let w = self.write_of(p, &current, &splits, &mut scratch);
                         let record = self.record(p.entry(), &w, w.write.new);
                         tally.writes.push(key, record);
                     }
@@ -995,12 +1010,6 @@ impl Work<'_> {
         }
         Ok(tally)
     }
-}
-
-/// Run ops: pinned to their CPU on per-CPU kernel nodes (ops grouped by CPU), chunked on the
-/// batch device.
-fn run(device: &dyn MsrDevice, ops: &mut [MsrOp]) -> Result<(), DeviceError> {
-    device::execute(device, ops)
 }
 
 fn work<'a>(saved: &'a Snapshot, current_allowlist: &Allowlist, mode: Mode) -> Work<'a> {
