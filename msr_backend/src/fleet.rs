@@ -18,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::allowlist::Allowlist;
+use crate::metrics::label;
 use crate::msrs::models::ModelId;
 use crate::policy::check::field_outcomes;
 use crate::policy::{FieldPolicy, FieldRule, NodeAttr, Policy};
@@ -92,20 +93,30 @@ pub struct FieldValues {
     pub missing: Option<String>,
 }
 
+impl ValueCpus {
+    /// For people: `0x1 on CPUs 0-3`, `unreadable (EIO) on CPUs 4-7`.
+    pub fn text(&self) -> String {
+        let what = self.value.map_or_else(
+            || format!("unreadable ({})", self.error.as_deref().unwrap_or("?")),
+            |x| x.to_string(),
+        );
+        format!("{what} on CPUs {}", self.cpus)
+    }
+
+    /// Several, comma-separated.
+    pub fn texts<'v>(values: impl IntoIterator<Item = &'v ValueCpus>) -> String {
+        values
+            .into_iter()
+            .map(ValueCpus::text)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl FieldValues {
     /// Its values for people: `0x1 on CPUs 0-3, unreadable (EIO) on CPUs 4-7`.
     pub fn values_text(&self) -> String {
-        self.values
-            .iter()
-            .map(|v| {
-                let what = v.value.map_or_else(
-                    || format!("unreadable ({})", v.error.as_deref().unwrap_or("?")),
-                    |x| x.to_string(),
-                );
-                format!("{what} on CPUs {}", v.cpus)
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        ValueCpus::texts(&self.values)
     }
 }
 
@@ -532,22 +543,7 @@ impl<'p> Comparison<'p> {
                     let value = if fv.values.is_empty() {
                         fv.missing.clone().unwrap_or_else(|| "no value".to_string())
                     } else {
-                        bad.iter()
-                            .map(|v| {
-                                format!(
-                                    "{} on CPUs {}",
-                                    v.value.map_or_else(
-                                        || format!(
-                                            "unreadable ({})",
-                                            v.error.as_deref().unwrap_or("?")
-                                        ),
-                                        |x| x.to_string()
-                                    ),
-                                    v.cpus
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        ValueCpus::texts(bad.iter().copied())
                     };
                     self.violations.push(Violation {
                         node: fp.node.clone(),
@@ -880,13 +876,6 @@ impl<'p> Comparison<'p> {
 fn field_msr(f: &FieldPolicy, model: &str) -> Option<MsrAddr> {
     let m: ModelId = model.parse().ok()?;
     f.addr_on(m).map(MsrAddr)
-}
-
-/// Escape a Prometheus label value.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// node_exporter textfile metrics of a comparison: violations per node (every node, 0 included),

@@ -37,8 +37,16 @@ struct Counts {
     cpus: u64,
 }
 
+/// The time now as node_exporter textfiles give it (seconds since the epoch).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Escape a Prometheus label value.
-fn label(s: &str) -> String {
+pub fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -367,16 +367,13 @@ pub struct AllowlistCompile {
 impl Report for AllowlistCompile {
     const COMMAND: &'static str = "allowlist compile";
     fn status(&self) -> ExitStatus {
-        let failed = self
-            .lists
-            .iter()
-            .flat_map(|l| &l.findings)
-            .any(|f| f.severity == FindingSeverity::Error);
-        if failed {
-            ExitStatus::Failed
-        } else {
-            ExitStatus::Ok
-        }
+        ExitStatus::ok_if(
+            !self
+                .lists
+                .iter()
+                .flat_map(|l| &l.findings)
+                .any(|f| f.severity == FindingSeverity::Error),
+        )
     }
     fn text(&self) -> String {
         if self.to_stdout {
@@ -492,9 +489,9 @@ fn compile(
             msrs: c.entries.len(),
             writable: c.writable(),
             digest,
-            entries: c.entries.clone(),
-            findings: c.findings.clone(),
-            text: c.text.clone(),
+            entries: c.entries,
+            findings: c.findings,
+            text: c.text,
         });
     }
     Ok(AllowlistCompile {

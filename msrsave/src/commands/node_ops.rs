@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use msr_backend::device::BackendKind;
 use msr_backend::finding::Finding;
 use msr_backend::fsio::write_atomically;
+use msr_backend::metrics::{self, label};
 use msr_backend::msrs::models::ModelId;
 use msr_backend::msrs::scope::Scope;
 use msr_backend::operations::{self, Fit};
@@ -24,7 +25,6 @@ use super::{shown, Context};
 use crate::output::{line, ms, ExitStatus, Report};
 
 /// Mode of the Prometheus textfile: node_exporter runs as its own user.
-const PROMETHEUS_FILE_MODE: u32 = 0o644;
 /// How many registers a readable report names before "and N more (see --format json)".
 const SHOWN: usize = 50;
 
@@ -497,13 +497,6 @@ pub fn check(
     })
 }
 
-/// Escape a Prometheus label value.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// node_exporter textfile-collector metrics for one check.
 fn write_prometheus(
     path: &Path,
@@ -512,10 +505,7 @@ fn write_prometheus(
     clean: bool,
     policy: Option<&PolicyCheck>,
 ) -> Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = metrics::unix_now();
     let snap = label(&snapshot.display().to_string());
     let metrics: [(&str, &str, f64); 9] = [
         (
@@ -600,6 +590,6 @@ fn write_prometheus(
             ));
         }
     }
-    write_atomically(path, text.as_bytes(), PROMETHEUS_FILE_MODE)?;
+    write_atomically(path, text.as_bytes(), metrics::FILE_MODE)?;
     Ok(())
 }
