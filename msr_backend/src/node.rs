@@ -143,16 +143,16 @@ impl Node {
 
     /// Vendor, family and model of the first processor in `/proc/cpuinfo`.
     pub fn cpu_identity(&self) -> Result<CpuIdentity> {
-        let (p, first_block) = self.first_cpuinfo_block()?;
-        parse_cpuinfo(&first_block).ok_or(NodeError::NoCpuIdentity { path: p })
+        self.cpu_facts().map(|(id, _)| id)
     }
 
-    /// The microcode revision the kernel reports for the first processor (`/proc/cpuinfo`'s
-    /// `microcode` line, `0x2007006`); `None` where it has none (virtual machines) or it cannot be
-    /// read.
-    pub fn microcode(&self) -> Option<String> {
-        let (_, block) = self.first_cpuinfo_block().ok()?;
-        cpuinfo_value(&block, "microcode").map(str::to_string)
+    /// The CPU identity and the microcode revision the kernel reports for the first processor
+    /// (`/proc/cpuinfo`'s `microcode` line, `0x2007006`; `None` where it has none, as in virtual
+    /// machines), from one read of `/proc/cpuinfo`.
+    pub fn cpu_facts(&self) -> Result<(CpuIdentity, Option<String>)> {
+        let (p, block) = self.first_cpuinfo_block()?;
+        let id = parse_cpuinfo(&block).ok_or(NodeError::NoCpuIdentity { path: p })?;
+        Ok((id, cpuinfo_value(&block, "microcode").map(str::to_string)))
     }
 
     /// The kernel release (`uname -r`) of this node.

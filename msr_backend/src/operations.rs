@@ -28,7 +28,7 @@ use crate::restore::{self, CheckReport, RestoreReport};
 use crate::savefile::{self, Loaded, Origin, SaveFile, SaveMeta};
 use crate::savefile::{LockState, LOCK_DOMAINS_LISTED};
 use crate::snapshot::Snapshot;
-use crate::topology::Layout;
+use crate::topology::{Layout, Where};
 use crate::types::CpuId;
 
 /// Where the node is and how to reach its registers.
@@ -93,17 +93,18 @@ pub fn save(backend: &OpenBackend, path: &Path, job_id: Option<&str>) -> Result<
     )?;
     let read_elapsed = start.elapsed();
     let node = &backend.node;
-    let layout = Layout::read(node, &backend.online, &backend.allowlist);
+    let (cpu, microcode) = node.cpu_facts()?;
+    let layout = Layout::read_for(node, &backend.online, &backend.allowlist, Some(cpu.clone()));
     let (locked, inconsistent) = shared_state(&snapshot, &layout);
     let mut meta = SaveMeta::now(
         hostname(),
-        node.cpu_identity()?,
+        cpu,
         node.kernel_release(),
         backend.device.kind(),
     );
     meta.job_id = job_id.map(str::to_string);
     meta.msr_safe = node.msr_safe_version();
-    meta.microcode = node.microcode();
+    meta.microcode = microcode;
     meta.locked = locked;
     let file = SaveFile { meta, snapshot };
     let stale_temps = fsio::remove_stale_temps(path);
@@ -124,6 +125,10 @@ pub fn save(backend: &OpenBackend, path: &Path, job_id: Option<&str>) -> Result<
 pub fn shared_state(s: &Snapshot, layout: &Layout) -> (Vec<LockState>, Vec<Finding>) {
     let mut locked = Vec::new();
     let mut inconsistent = Vec::new();
+    // The domains of each scope, with each CPU's row in the snapshot: once per scope.
+    type Rows = Vec<(CpuId, usize)>;
+    let mut domains: std::collections::HashMap<Scope, Vec<(Where, Rows)>> =
+        std::collections::HashMap::new();
     for (ei, e) in s.entries().iter().enumerate() {
         let scope = layout.scope(e.addr);
         let lock = layout.lock(e.addr);
@@ -132,10 +137,25 @@ pub fn shared_state(s: &Snapshot, layout: &Layout) -> (Vec<LockState>, Vec<Findi
         }
         let mut lock_domains: Vec<String> = Vec::new();
         let mut lock_cpus: Vec<CpuId> = Vec::new();
-        for (at, cpus) in layout.topology.split(scope, &s.cpus) {
-            let members: Vec<Member> = cpus
+        let split = domains.entry(scope).or_insert_with(|| {
+            layout
+                .topology
+                .split(scope, &s.cpus)
+                .into_iter()
+                .map(|(at, cpus)| {
+                    let rows = cpus
+                        .into_iter()
+                        .filter_map(|c| s.cpu_index(c).map(|ci| (c, ci)))
+                        .collect();
+                    (at, rows)
+                })
+                .collect()
+        });
+        for (at, rows) in split.iter() {
+            let at = *at;
+            let members: Vec<Member> = rows
                 .iter()
-                .filter_map(|&c| s.cpu_index(c).map(|ci| (c, s.value(ci, ei))))
+                .map(|&(c, ci)| (c, s.value(ci, ei)))
                 .map(|(cpu, v)| Member {
                     cpu,
                     saved: v,
@@ -147,10 +167,7 @@ pub fn shared_state(s: &Snapshot, layout: &Layout) -> (Vec<LockState>, Vec<Findi
                     cpu: d.a.0,
                     at,
                     msr: Some(e.addr),
-                    name: e
-                        .display_name()
-                        .map(str::to_string)
-                        .or_else(|| crate::msrs::msr_name(e.addr).map(str::to_string)),
+                    name: e.display_name().map(str::to_string),
                     problem: Problem::Inconsistent(Inconsistency {
                         at_save: Some(d),
                         now: None,
@@ -162,7 +179,7 @@ pub fn shared_state(s: &Snapshot, layout: &Layout) -> (Vec<LockState>, Vec<Findi
                 if lock_domains.len() < LOCK_DOMAINS_LISTED {
                     lock_domains.push(at.to_string());
                 }
-                lock_cpus.extend_from_slice(&cpus);
+                lock_cpus.extend(rows.iter().map(|r| r.0));
             }
         }
         lock_cpus.sort_unstable();

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::allowlist::Allowlist;
+use crate::fsio::InputError;
 use crate::msrs::lock::{lock_of, Lock};
 use crate::msrs::scope::{scope_of, Scope};
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::types::{parse_cpu_list, CpuId, CpuIdentity, MsrAddr};
 
 /// Where a register instance sits: one CPU, or a domain of CPUs.
@@ -56,10 +57,6 @@ impl Where {
             Where::Die { .. } => Scope::Die,
             Where::Package(_) => Scope::Package,
         }
-    }
-
-    pub fn is_cpu(self) -> bool {
-        matches!(self, Where::Cpu(_))
     }
 
     /// The package, when known.
@@ -444,7 +441,16 @@ impl Layout {
 
     /// The node's CPU model and the topology levels the scopes of `list` need.
     pub fn read(node: &Node, online: &[CpuId], list: &Allowlist) -> Layout {
-        let cpu = node.cpu_identity().ok();
+        Layout::read_for(node, online, list, node.cpu_identity().ok())
+    }
+
+    /// As [`Layout::read`], for a CPU model the caller has already read.
+    pub fn read_for(
+        node: &Node,
+        online: &[CpuId],
+        list: &Allowlist,
+        cpu: Option<CpuIdentity>,
+    ) -> Layout {
         let mut needed: Vec<Scope> = list
             .entries()
             .iter()
@@ -500,13 +506,15 @@ impl Reader<'_> {
     fn list(&self, cpu: CpuId, names: &[&str]) -> Result<Vec<CpuId>, Missing> {
         for name in names {
             let abs = Self::path(cpu, name);
-            if !self.node.path(&abs).exists() {
-                continue;
-            }
-            let text = self
-                .node
-                .read_text(&abs)
-                .map_err(|e| Missing::Bad(crate::error::chain(&e)))?;
+            let text = match self.node.read_text(&abs) {
+                Ok(text) => text,
+                Err(NodeError::Input(InputError::Open { source, .. }))
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(Missing::Bad(crate::cause::chain(&e))),
+            };
             return parse_cpu_list(&text)
                 .map_err(|e| Missing::Bad(format!("{}: {e}", self.node.path(&abs).display())));
         }

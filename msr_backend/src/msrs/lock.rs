@@ -99,7 +99,7 @@ pub fn lock_of(cpu: Option<&CpuIdentity>, addr: MsrAddr) -> Option<Lock> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msrs::scope::INTEL;
+    use crate::msrs::models::Vendor;
 
     #[test]
     fn table_is_sorted_and_locks_hold_their_own_bit() {
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn a_set_lock_holds_its_bits() {
         let spr = CpuIdentity {
-            vendor: INTEL.into(),
+            vendor: Vendor::Intel.vendor_id().into(),
             family: 6,
             model: 0x8F,
         };

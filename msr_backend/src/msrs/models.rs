@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::types::{CpuIdentity, MsrAddr, WriteMask};
+use crate::types::{CpuIdentity, MsrAddr};
 
 // Generated (allowlists/gen_models.py --check compares it byte for byte): rustfmt leaves it.
 #[rustfmt::skip]
@@ -77,7 +77,7 @@ pub enum Vendor {
 
 impl Vendor {
     /// `vendor_id` in /proc/cpuinfo.
-    pub fn vendor_id(self) -> &'static str {
+    pub const fn vendor_id(self) -> &'static str {
         match self {
             Vendor::Intel => "GenuineIntel",
             Vendor::Amd => "AuthenticAMD",
@@ -100,10 +100,6 @@ pub struct ModelMsr {
 impl ModelMsr {
     pub fn addr(&self) -> MsrAddr {
         MsrAddr(self.addr)
-    }
-
-    pub fn writable_mask(&self) -> Option<WriteMask> {
-        self.writable.map(WriteMask)
     }
 
     /// A name policy files can use: letters, digits and `_` (AMD's PPR names are sentences).
@@ -144,14 +140,6 @@ impl CpuModel {
         let lo = msrs.partition_point(|m| m.addr < first);
         let hi = msrs.partition_point(|m| m.addr <= last);
         &msrs[lo..hi.max(lo)]
-    }
-
-    pub fn identity(&self) -> CpuIdentity {
-        CpuIdentity {
-            vendor: self.vendor.vendor_id().to_string(),
-            family: self.id.family,
-            model: self.id.model,
-        }
     }
 }
 

@@ -143,7 +143,9 @@ pub fn ranks(cpu: Option<&CpuIdentity>, addrs: &[MsrAddr]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msrs::scope::{AMD, INTEL};
+    use crate::msrs::models::Vendor;
+    const INTEL: &str = Vendor::Intel.vendor_id();
+    const AMD: &str = Vendor::Amd.vendor_id();
 
     fn id(vendor: &str, family: u32) -> CpuIdentity {
         CpuIdentity {

@@ -86,10 +86,6 @@ pub enum Cpus {
     AmdFamilies(u32, u32),
 }
 
-/// `vendor_id` of Intel's and AMD's CPUs in /proc/cpuinfo (as [`super::models::Vendor`] gives).
-pub const INTEL: &str = "GenuineIntel";
-pub const AMD: &str = "AuthenticAMD";
-
 impl Cpus {
     pub fn matches(self, id: &CpuIdentity) -> bool {
         let intel = id.vendor == Vendor::Intel.vendor_id();
@@ -198,16 +194,10 @@ mod tests {
 
     fn intel(model: u32) -> CpuIdentity {
         CpuIdentity {
-            vendor: INTEL.into(),
+            vendor: Vendor::Intel.vendor_id().into(),
             family: 6,
             model,
         }
-    }
-
-    #[test]
-    fn vendor_names_are_the_models_ones() {
-        assert_eq!(INTEL, Vendor::Intel.vendor_id());
-        assert_eq!(AMD, Vendor::Amd.vendor_id());
     }
 
     #[test]
@@ -239,7 +229,7 @@ mod tests {
         // Unknown CPU, other vendor: per thread.
         assert_eq!(scope_of(None, MsrAddr(0x610)), Scope::Thread);
         let milan = CpuIdentity {
-            vendor: AMD.into(),
+            vendor: Vendor::Amd.vendor_id().into(),
             family: 0x19,
             model: 1,
         };

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use msr_backend::fleet::{self, Comparison, Fingerprint, FleetReport, NodeFacts};
 use msr_backend::fsio::{self, write_atomically, Expect, Links};
+use msr_backend::metrics;
 use msr_backend::msrs::models::ModelId;
 use msr_backend::node::hostname;
 use msr_backend::policy::check::field_list;
@@ -204,7 +205,7 @@ fn fingerprint(
         }
         None => {
             let backend = ctx.open(false)?;
-            let cpu = backend.node.cpu_identity()?;
+            let (cpu, microcode) = backend.node.cpu_facts()?;
             let model = ModelId::from(&cpu);
             let fields = field_list(&policy, model, &backend.allowlist, |r| r.is_compared());
             let snapshot =
@@ -217,7 +218,7 @@ fn fingerprint(
                 &backend.allowlist,
                 NodeFacts {
                     node: hostname(),
-                    microcode: backend.node.microcode(),
+                    microcode,
                     kernel: backend.node.kernel_release(),
                     taken: now_rfc3339(),
                     source: "node".to_string(),
@@ -395,12 +396,18 @@ fn read_lines(cmp: &mut Comparison, reader: &mut impl BufRead, name: &str) {
     }
 }
 
-/// Does the file hold fingerprints (its first non-blank line parses as one)?
-fn holds_fingerprints(path: &Path) -> std::io::Result<bool> {
-    let f = std::fs::File::open(path)?;
-    let mut r = BufReader::new(f);
+/// Does the file hold fingerprints (its first non-blank line parses as one)? Reads the file
+/// from where it is and leaves it at its start again.
+fn holds_fingerprints(f: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let found = first_line_is_fingerprint(&mut BufReader::new(&*f));
+    f.seek(SeekFrom::Start(0))?;
+    found
+}
+
+fn first_line_is_fingerprint(r: &mut impl BufRead) -> std::io::Result<bool> {
     let mut buf = Vec::new();
-    while next_line(&mut r, &mut buf)? {
+    while next_line(r, &mut buf)? {
         let text = String::from_utf8_lossy(&buf);
         let t = text.trim();
         if t.is_empty() {
@@ -415,14 +422,14 @@ fn holds_fingerprints(path: &Path) -> std::io::Result<bool> {
 
 fn read_file(cmp: &mut Comparison, policy: &Policy, path: &Path) {
     let name = shown(path);
-    let f = match fsio::open_input(path, Expect::Regular, Links::Follow) {
+    let mut f = match fsio::open_input(path, Expect::Regular, Links::Follow) {
         Ok(f) => f,
         Err(e) => {
             cmp.problem(&name, msr_backend::error::chain(&e));
             return;
         }
     };
-    match holds_fingerprints(path) {
+    match holds_fingerprints(&mut f) {
         Ok(true) => {
             read_lines(cmp, &mut BufReader::new(f), &name);
             return;
@@ -519,14 +526,10 @@ fn compare(
     }
     let written = match prometheus {
         Some(p) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
             write_atomically(
                 p,
-                fleet::prometheus(&report, now).as_bytes(),
-                SHARED_FILE_MODE,
+                fleet::prometheus(&report, metrics::unix_now()).as_bytes(),
+                metrics::FILE_MODE,
             )
             .with_context(|| format!("cannot write {}", shown(p)))?;
             Some(shown(p))
