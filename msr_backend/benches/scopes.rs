@@ -8,12 +8,13 @@
 //!
 //! The allowlist is taken from $MSR_BENCH_ALLOWLIST, else our allowlists/al_06_8F.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msr_backend::allowlist::Allowlist;
+use common::{median, BenchArgs};
 use msr_backend::device::select::{open_backend, BackendRequest};
 use msr_backend::device::{BackendKind, DeviceError, MsrDevice, MsrOp, OpKind, Parallelism};
 use msr_backend::emulate::{self, EmulatedNodeSpec, Shape};
@@ -48,41 +49,13 @@ impl MsrDevice for Counting {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// `cargo test --all-targets` runs a bench without `--bench`: then it is a smoke run (a small
-/// node, one round) that keeps the bench working without costing the test suite minutes.
-fn smoke_run(bench: &str) -> bool {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    if smoke {
-        println!("smoke run (no --bench): figures come from `cargo bench -p msr_backend --bench {bench}`");
-    }
-    smoke
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let smoke = smoke_run("scopes");
-    let cpus: u32 = args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(if smoke { 8 } else { 256 });
-    let rounds: usize = args
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 9 });
-    let list_path = std::env::var_os("MSR_BENCH_ALLOWLIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../allowlists/al_06_8F")
-        });
-    let list = Allowlist::from_file(&list_path).expect("benchmark allowlist");
+    let BenchArgs {
+        cpus,
+        rounds,
+        list_path,
+        list,
+    } = BenchArgs::parse("scopes", 9, "al_06_8F");
     assert!(
         cpus % 4 == 0,
         "CPUS must split into 2 packages of 2-thread cores"

@@ -7,13 +7,15 @@
 //! The allowlist is taken from $MSR_BENCH_ALLOWLIST, else our allowlists/al_06_55, which is
 //! msr-safe v1.7.0's al_0655 entry for entry.
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msr_backend::allowlist::Allowlist;
+use common::{median, BenchArgs};
 use msr_backend::device::select::{open_backend, BackendRequest};
 use msr_backend::emulate::{self, EmulatedNodeSpec};
 use msr_backend::restore;
@@ -22,11 +24,6 @@ use msr_backend::snapshot::Snapshot;
 use msr_backend::topology::Layout;
 use msr_backend::types::CpuIdentity;
 use rayon::prelude::*;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn time<F: FnMut()>(rounds: usize, mut f: F) -> Duration {
     f(); // warm the page cache and the thread pool
@@ -54,36 +51,13 @@ fn max_rss_kib() -> i64 {
         .unwrap_or(-1)
 }
 
-/// `cargo test --all-targets` runs a bench without `--bench`: then it is a smoke run (a small
-/// node, one round) that keeps the bench working without costing the test suite minutes.
-fn smoke_run(bench: &str) -> bool {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    if smoke {
-        println!("smoke run (no --bench): figures come from `cargo bench -p msr_backend --bench {bench}`");
-    }
-    smoke
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let smoke = smoke_run("snapshot");
-    let cpus: u32 = args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(if smoke { 8 } else { 256 });
-    let rounds: usize = args
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 15 });
-    let list_path = std::env::var_os("MSR_BENCH_ALLOWLIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../allowlists/al_06_55")
-        });
-    let list = Allowlist::from_file(&list_path).expect("benchmark allowlist");
+    let BenchArgs {
+        cpus,
+        rounds,
+        list_path,
+        list,
+    } = BenchArgs::parse("snapshot", 15, "al_06_55");
     let dir = tempfile::tempdir().expect("temp dir");
     let identity = CpuIdentity {
         vendor: "GenuineIntel".into(),

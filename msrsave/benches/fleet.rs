@@ -89,6 +89,34 @@ fn expected() -> Vec<(String, String)> {
     v
 }
 
+/// `msrsave --format json fleet compare INPUT --policy POLICY`.
+fn compare(input: &Path, policy: &Path) -> Command {
+    let mut c = Command::new(msrsave());
+    c.args(["--format", "json", "fleet", "compare"])
+        .arg(input)
+        .arg("--policy")
+        .arg(policy)
+        .env_remove("MSR_RESTORE_CONFIG");
+    c
+}
+
+/// The (node, field) pairs of a compare's violations, sorted.
+fn violations(j: &serde_json::Value) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = j["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| {
+            (
+                v["node"].as_str().unwrap_or_default().to_string(),
+                v["field"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 fn name(i: usize) -> String {
     format!("node{i:05}")
 }
@@ -175,31 +203,12 @@ fn main() {
     );
     let tmp = tempfile::tempdir().expect("tempdir");
     let measure = |what: &str, n: usize, input: &Path, bytes: usize| {
-        let cmd = || {
-            let mut c = Command::new(msrsave());
-            c.args(["--format", "json", "fleet", "compare"])
-                .arg(input)
-                .arg("--policy")
-                .arg(&policy_path)
-                .env_remove("MSR_RESTORE_CONFIG");
-            c
-        };
+        let cmd = || compare(input, &policy_path);
         // Right first: exactly the planted outliers.
         let o = cmd().output().expect("run");
         assert_eq!(o.status.code(), Some(1));
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-        let mut found: Vec<(String, String)> = j["violations"]
-            .as_array()
-            .expect("violations")
-            .iter()
-            .map(|v| {
-                (
-                    v["node"].as_str().unwrap_or_default().to_string(),
-                    v["field"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        found.sort();
+        let found = violations(&j);
         assert_eq!(found, expected(), "the planted outliers and nothing else");
         assert_eq!(j["nodes"].as_u64(), Some(n as u64));
         let runs: Vec<_> = (0..rounds).map(|_| run_ok(&mut cmd(), 1)).collect();
@@ -291,32 +300,12 @@ fn main() {
                 .map(|m| m.len() as usize)
                 .unwrap_or(0);
         }
-        // Save files record the microcode too: every outlier is found there as well.
-        let want = expected();
-        let cmd = || {
-            let mut c = Command::new(msrsave());
-            c.args(["--format", "json", "fleet", "compare"])
-                .arg(&dir)
-                .arg("--policy")
-                .arg(&policy_path)
-                .env_remove("MSR_RESTORE_CONFIG");
-            c
-        };
+        let cmd = || compare(&dir, &policy_path);
         let o = cmd().output().expect("run");
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-        let mut found: Vec<(String, String)> = j["violations"]
-            .as_array()
-            .expect("violations")
-            .iter()
-            .map(|v| {
-                (
-                    v["node"].as_str().unwrap_or_default().to_string(),
-                    v["field"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        found.sort();
-        assert_eq!(found, want, "the planted outliers and nothing else");
+        let found = violations(&j);
+        // Save files record the microcode too: every outlier is found there as well.
+        assert_eq!(found, expected(), "the planted outliers and nothing else");
         let runs: Vec<_> = (0..rounds).map(|_| run_ok(&mut cmd(), 1)).collect();
         let wall = median(runs.iter().map(|r| r.wall).collect());
         let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
