@@ -82,18 +82,18 @@ fi
 # Validate the config and take alarm and freq from it (single source of truth).
 alarm=30
 freq=120
+# The hook's JOB_RESOURCE (test_install checks they agree).
 resource=msr_changed
 PYTHON=${PYTHON:-python3}
 if command -v "$PYTHON" >/dev/null 2>&1; then
     set -- --check-config "$config"
     if [ -n "$msrsave" ]; then set -- "$@" --msrsave "$msrsave"; fi
-    if ! "$PYTHON" "$hook" "$@" >/dev/null; then
+    # One run judges the whole config (exit 1 on any error, said on stderr) and gives alarm.
+    if ! alarm=$("$PYTHON" "$hook" "$@" --get alarm); then
         echo "install.sh: $config has errors (see above); fix it first" >&2
         exit 1
     fi
-    alarm=$("$PYTHON" "$hook" "$@" --get alarm 2>/dev/null)
     freq=$("$PYTHON" "$hook" "$@" --get check_freq 2>/dev/null)
-    resource=$("$PYTHON" "$hook" "$@" --get job_resource 2>/dev/null)
 else
     echo "install.sh: $PYTHON not found: config not validated; using alarm=$alarm freq=$freq" >&2
 fi

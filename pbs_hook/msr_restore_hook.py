@@ -95,10 +95,10 @@ CHOICES = {
     "on_snapshot_failure": ("offline", "reject", "accept"),
     "on_restore_failure": ("offline", "log"),
 }
+# The hook's string keys are all absolute paths.
 STRING_KEYS = ("msrsave", "msr_restore_conf", "hook_state_dir", "prometheus")
 NUMBER_KEYS = ("alarm", "check_freq", "timeout")
 BOOL_KEYS = ("load_allowlist", "baseline_on_startup")
-PATH_KEYS = ("msrsave", "msr_restore_conf", "hook_state_dir", "prometheus")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def validate(cfg, source, log):
                 log.error("%s: %s must be a string, got %r; using %r"
                           % (source, key, value, default))
                 good[key] = default
-            elif key in PATH_KEYS and value and not os.path.isabs(value):
+            elif value and not os.path.isabs(value):
                 log.error("%s: %s must be an absolute path, got %r; using %r"
                           % (source, key, value, default))
                 good[key] = default
@@ -266,18 +266,14 @@ def load_config(path, log):
 
 
 def msr_restore_config(cfg, log):
-    """msrsave's configuration in effect with the hook's overrides (`msrsave config show`),
-    asked at most once per event: (the "config" object, None), or (None, why) when msrsave
-    refuses the configuration (its message names the file line or the --set argument) or cannot
-    be run."""
-    if "_effective" not in cfg:
-        res = run_msrsave(cfg, ["config", "show"], log)
-        conf = res.data.get("config") if res.ok else None
-        if isinstance(conf, dict):
-            cfg["_effective"] = (conf, None)
-        else:
-            cfg["_effective"] = (None, res.describe())
-    return cfg["_effective"]
+    """msrsave's configuration in effect with the hook's overrides (`msrsave config show`):
+    (the "config" object, None), or (None, why) when msrsave refuses the configuration (its
+    message names the file line or the --set argument) or cannot be run."""
+    res = run_msrsave(cfg, ["config", "show"], log)
+    conf = res.data.get("config") if res.ok else None
+    if isinstance(conf, dict):
+        return conf, None
+    return None, res.describe()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,12 +283,10 @@ class Outcome(object):
     """What one msrsave run gave: exit code, the JSON object (or None) and an error sentence
     when the run itself failed (missing binary, timeout, no JSON)."""
 
-    def __init__(self, argv, code=None, data=None, error=None, stderr=""):
-        self.argv = argv
+    def __init__(self, code=None, data=None, error=None):
         self.code = code
         self.data = data
         self.error = error
-        self.stderr = stderr
 
     @property
     def ok(self):
@@ -373,10 +367,10 @@ def deadline(cfg):
     return START + cfg["alarm"] - ALARM_MARGIN
 
 
-def msrsave_argv(cfg, args, fmt="json"):
+def msrsave_argv(cfg, args):
     """msrsave with the hook's msr-restore configuration: --config (msr_restore_conf) and a
     --set KEY=VALUE for each msr-restore key of the hook config."""
-    argv = [cfg["msrsave"], "--format", fmt]
+    argv = [cfg["msrsave"], "--format", "json"]
     if cfg.get("msr_restore_conf"):
         argv += ["--config", cfg["msr_restore_conf"]]
     for kv in cfg.get("set") or []:
@@ -390,14 +384,14 @@ def run_msrsave(cfg, args, log):
     timeout = min(float(cfg["timeout"]), left)
     cmd = "msrsave " + " ".join(a for a in args[:2] if not a.startswith(("/", "-")))
     if timeout < 1:
-        return Outcome(argv, error="no time left before the hook alarm (%ss) to run %s"
+        return Outcome(error="no time left before the hook alarm (%ss) to run %s"
                        % (cfg["alarm"], cmd))
     log.debug("running %s (timeout %.0fs)" % (" ".join(argv), timeout))
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
     except (OSError, ValueError) as err:
-        return Outcome(argv, error="cannot run msrsave %s: %s"
+        return Outcome(error="cannot run msrsave %s: %s"
                        % (cfg["msrsave"], getattr(err, "strerror", None) or err))
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -410,7 +404,7 @@ def run_msrsave(cfg, args, log):
             proc.communicate(timeout=2)
         except Exception:
             pass
-        return Outcome(argv, error="%s timed out after %.0fs and was killed" % (cmd, timeout))
+        return Outcome(error="%s timed out after %.0fs and was killed" % (cmd, timeout))
     out = out.decode("utf-8", "replace")
     err = err.decode("utf-8", "replace").strip()
     data = parse_json_object(out)
@@ -418,10 +412,10 @@ def run_msrsave(cfg, args, log):
         lines = [l.strip() for l in err.splitlines() if l.strip()]
         errors = [l for l in lines if "error" in l.lower()]
         tail = (errors or lines or ["nothing on stderr"])[0 if errors else -1]
-        return Outcome(argv, code=proc.returncode, stderr=err,
+        return Outcome(code=proc.returncode,
                        error="%s printed no JSON object (exit %s; %s)"
                        % (cmd, proc.returncode, tail))
-    return Outcome(argv, code=proc.returncode, data=data, stderr=err)
+    return Outcome(code=proc.returncode, data=data)
 
 
 def parse_json_object(text):
@@ -1146,8 +1140,7 @@ def cli(argv):
     CLI_MODE = True
     usage = ("usage: msr_restore_hook.py --check-config FILE [--msrsave PATH] [--get KEY]\n"
              "  validate a hook config file and print the effective settings as JSON (or one\n"
-             "  setting with --get; --get job_resource: the custom resource the end hook\n"
-             "  records what jobs changed in): the hook's own keys here, the msr-restore keys by\n"
+             "  setting with --get): the hook's own keys here, the msr-restore keys by\n"
              "  `msrsave config show` with the same --config/--set the hook passes (msrsave:\n"
              "  the config's, or PATH); exit 1 if the file has errors or msrsave refuses it\n")
     if len(argv) < 2 or argv[0] != "--check-config":
@@ -1180,9 +1173,7 @@ def cli(argv):
         if conf is None:
             log.error("msrsave does not accept the msr-restore configuration: %s" % why)
     if get is not None:
-        if get == "job_resource":  # not a key: the resource install.sh creates
-            value = JOB_RESOURCE
-        elif get in cfg and get in DEFAULTS:
+        if get in DEFAULTS:
             value = cfg[get]
         elif conf is not None and get in conf:
             value = conf[get]

@@ -10,7 +10,7 @@ import sys
 import unittest
 
 from helpers import (ALLOWLIST, CPUS, FAKE_MSRSAVE, HOOK, LOG_DEBUG, LOG_ERROR, LOG_WARNING,
-                     ND_FREE, ND_JOBBUSY, ND_OFFLINE, PERF_CTL, NodeTestCase, needs_msrsave)
+                     ND_FREE, ND_OFFLINE, PERF_CTL, NodeTestCase, needs_msrsave)
 
 
 @needs_msrsave
@@ -180,7 +180,7 @@ class JobCycleTests(NodeTestCase):
         """A killed job on a sister: prologue ran there, the epilogue does not, execjob_end
         restores. Only this host's vnodes are in play."""
         self.local = "node2"
-        vnodes = {"node1": {"state": ND_JOBBUSY}, "node2": {"state": ND_JOBBUSY}}
+        vnodes = ["node1", "node2"]
         before = self.registers()
         res = self.run_hook("execjob_prologue", "105.pbs", self.cfg, vnodes=vnodes,
                             in_ms_mom=False)
@@ -602,8 +602,7 @@ class FailureTests(NodeTestCase):
 
     def test_restore_failure_names_registers_on_sister_only(self):
         self.local = "node2"
-        vnodes = {"node1": {"state": ND_JOBBUSY}, "node2": {"state": ND_JOBBUSY},
-                  "node2[1]": {"state": ND_JOBBUSY}, "node20": {"state": ND_JOBBUSY}}
+        vnodes = ["node1", "node2", "node2[1]", "node20"]
         cfg = self.fake_config("fail")
         res = self.run_hook("execjob_end", "409.pbs", cfg, vnodes=vnodes, in_ms_mom=False)
         self.assertAccepted(res)
@@ -634,7 +633,7 @@ class FailureTests(NodeTestCase):
     def test_local_vnode_missing_from_vnode_list_is_added(self):
         cfg = self.fake_config("fail")
         res = self.run_hook("execjob_epilogue", "412.pbs", cfg,
-                            vnodes={"othernode": {"state": ND_JOBBUSY}})
+                            vnodes=["othernode"])
         self.assertAccepted(res)
         self.assertOffline(res)
         self.assertUntouched(res, "othernode")

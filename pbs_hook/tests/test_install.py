@@ -1,5 +1,6 @@
 """install.sh / uninstall.sh against a fake qmgr that refuses what OpenPBS refuses."""
 
+import ast
 import json
 import os
 import shutil
@@ -92,6 +93,11 @@ class InstallTests(unittest.TestCase):
         (or one on a server that has it) leaves it, and one of another type is left alone."""
         self.assertEqual(self.run_sh(INSTALL).returncode, 0)
         self.assertEqual(self.resources(), {"msr_changed": "string"})
+        # the name the hook sets
+        with open(HOOK) as f:
+            hook_resource = [ast.literal_eval(line.split("=", 1)[1].strip()) for line in f
+                             if line.startswith("JOB_RESOURCE = ")]
+        self.assertEqual(hook_resource, ["msr_changed"])
         self.assertIn("create resource msr_changed type=string", self.commands())
         p = self.run_sh(INSTALL)
         self.assertEqual(p.returncode, 0, p.stderr)

@@ -304,6 +304,17 @@ class TorqueFailureTests(ScriptTestCase):
         self.assertEqual(self.fake_calls(), [sets + ["job", "begin", "28.pbs"],
                                              sets + ["job", "end", "28.pbs"]])
 
+    def test_full_job_file_names_go_to_msrsave_in_one_call(self):
+        """The mom's job files named by full ids are passed as they are: one msrsave call."""
+        self.conf(MSRSAVE=FAKE_MSRSAVE)
+        self.env["FAKE_MSRSAVE_MODE"] = "ok"
+        self.mom_holds("34.pbs", "35.pbs")
+        self.assertEqual(self.run_script(PROLOGUE, prologue_args("34.pbs")).returncode, 0)
+        sets = ["--format", "shell", "--set", "root=" + self.root,
+                "--set", "state_dir=" + self.state_dir]
+        self.assertEqual(self.fake_calls(), [sets + ["job", "begin", "34.pbs",
+                                                     "--running-jobs=34.pbs,35.pbs"]])
+
     def test_no_job_id_is_a_usage_error(self):
         self.conf(MSRSAVE=FAKE_MSRSAVE)
         self.assertEqual(self.run_script(PROLOGUE, []).returncode, 1)
@@ -358,12 +369,11 @@ class TorqueFailureTests(ScriptTestCase):
         self.assertEqual(len(self.fake_calls()), 2)
 
     def test_scripts_are_executable_sh(self):
-        for script in (SCRIPT, PROLOGUE, EPILOGUE):
-            mode = os.stat(script).st_mode
-            self.assertTrue(mode & stat.S_IXUSR, script)
-            with open(script) as f:
-                self.assertEqual(f.readline().strip(), "#!/bin/sh")
-            subprocess.check_call(["sh", "-n", script])
+        mode = os.stat(SCRIPT).st_mode
+        self.assertTrue(mode & stat.S_IXUSR, SCRIPT)
+        with open(SCRIPT) as f:
+            self.assertEqual(f.readline().strip(), "#!/bin/sh")
+        subprocess.check_call(["sh", "-n", SCRIPT])
 
 
 if __name__ == "__main__":

@@ -126,6 +126,15 @@ class Suite(object):
         self.qmgr("set hook %s event = periodic" % name, check=False)
         self.qmgr("delete hook %s" % name, check=False)
 
+    def expect(self, what, cond, timeout=60):
+        """wait() for cond() as a named check: PASS when it comes true, FAIL (and the scenario
+        stops) when it never does."""
+        try:
+            value = self.wait(what, cond, timeout=timeout)
+        except Failed as err:
+            self.require(what, False, err)
+        return self.check(what, bool(value), value)
+
     def wait(self, what, cond, timeout=60, interval=0.5):
         """Poll cond() until it gives something true; a FAIL line when it never does."""
         end = time.time() + timeout
@@ -206,24 +215,15 @@ class Suite(object):
 
     def mom_log(self, since):
         """Lines of the mom's logs written at or after `since` (whole seconds)."""
-        base = os.path.join(PBS_HOME, "mom_logs")
-        lines = []
-        for name in sorted(os.listdir(base)):
-            path = os.path.join(base, name)
-            if os.stat(path).st_mtime < since - 1:
-                continue
-            with open(path, errors="replace") as f:
-                for line in f:
-                    try:
-                        t = time.mktime(time.strptime(line[:19], "%m/%d/%Y %H:%M:%S"))
-                    except ValueError:
-                        continue
-                    if t >= int(since):
-                        lines.append(line.rstrip("\n"))
-        return lines
+        return self.pbs_log("mom_logs", since)
 
     def server_log(self, since):
-        base = os.path.join(PBS_HOME, "server_logs")
+        return self.pbs_log("server_logs", since)
+
+    @staticmethod
+    def pbs_log(kind, since):
+        """Lines of PBS_HOME/KIND (one file a day) written at or after `since`."""
+        base = os.path.join(PBS_HOME, kind)
         lines = []
         for name in sorted(os.listdir(base)):
             path = os.path.join(base, name)
@@ -446,8 +446,8 @@ class Suite(object):
         self.check("... and completes once the mom has dropped the old hook",
                    rc == 0 and "pending delete" in text and self.hooks_installed(), text)
         # the first idle periodic check (or the startup hook) takes the baseline
-        self.wait("the baseline", lambda: os.path.exists(self.baseline), timeout=60)
-        self.check("the hooks took the baseline %s" % self.baseline, True)
+        self.expect("the hooks took the baseline %s" % self.baseline,
+                    lambda: os.path.exists(self.baseline), timeout=60)
 
     def scenario_one_job(self):
         before = self.registers()
@@ -602,9 +602,8 @@ class Suite(object):
         self.wait_finished(job_id)
         os.unlink(self.state_dir)
         os.rename(self.state_dir + ".away", self.state_dir)
-        self.wait("the periodic check to bring the vnode back",
-                  lambda: self.vnode() == ("free", None), timeout=60)
-        self.check("begin failure: back to free with no comment after a clean check", True)
+        self.expect("begin failure: back to free with no comment after a clean check",
+                    lambda: self.vnode() == ("free", None), timeout=60)
         self.check("begin failure: marker removed",
                    not os.path.exists(os.path.join(self.hook_state_dir, "offline.json")))
 
@@ -637,9 +636,8 @@ class Suite(object):
         self.run([MSRSAVE, "--root", self.root, "restore", snapshot])
         self.check("restore failure: the admin's msrsave restore fixed the registers",
                    self.registers() == before)
-        self.wait("the periodic check to bring the vnode back",
-                  lambda: self.vnode() == ("free", None), timeout=60)
-        self.check("restore failure: back to free with no comment", True)
+        self.expect("restore failure: back to free with no comment",
+                    lambda: self.vnode() == ("free", None), timeout=60)
 
     def scenario_drift(self):
         original = self.read_msr(1, PERF_CTL)
@@ -649,9 +647,8 @@ class Suite(object):
         comment = self.vnode()[1]
         self.check("drift: the comment names the drift once", comment == DRIFT_COMMENT, comment)
         self.write_msr(1, PERF_CTL, original)
-        self.wait("the clean check to bring it back", lambda: self.vnode() == ("free", None),
-                  timeout=45)
-        self.check("drift fixed: back to free with no comment", True)
+        self.expect("drift fixed: back to free with no comment",
+                    lambda: self.vnode() == ("free", None), timeout=45)
 
     def scenario_drift_policy(self):
         """on_drift in msr-restore.conf (msrsave reads it; the hook asks config show): log keeps
@@ -671,9 +668,8 @@ class Suite(object):
         finally:
             self.write_msr(1, PERF_CTL, original)
             self.write_msr_restore_conf("")
-        self.wait("the clean check to bring it back", lambda: self.vnode() == ("free", None),
-                  timeout=45)
-        self.check("on_drift = drain, drift fixed: back to free with no comment", True)
+        self.expect("on_drift = drain, drift fixed: back to free with no comment",
+                    lambda: self.vnode() == ("free", None), timeout=45)
 
     def scenario_refused_config(self):
         """A line of msr-restore.conf msrsave refuses: the job's begin fails and the vnode goes
@@ -691,8 +687,9 @@ class Suite(object):
             self.check("refused config: vnode offline, msrsave's words in the comment",
                        "offline" in state and comment == "msr-restore: cannot snapshot MSRs "
                        "for job %s: %s" % (job_id, words), (state, comment))
-            self.wait_periodic("MSR drift check could not run: " + words, since=since)
-            self.check("refused config: the periodic hook says the check could not run", True)
+            text = "MSR drift check could not run: " + words
+            self.expect("refused config: the periodic hook says the check could not run",
+                        lambda: self.hook_lines(since, text), timeout=45)
         finally:
             self.write_msr_restore_conf("")
         self.wait("the periodic check to bring the vnode back",
@@ -703,7 +700,9 @@ class Suite(object):
         self.wait_running(job_id)
         self.release(flag)
         self.wait_finished(job_id)
-        self.check("refused config fixed: vnode back, the requeued job ran", True)
+        job = self.job(job_id)
+        self.check("refused config fixed: vnode back, the requeued job ran",
+                   job.get("job_state") == "F" and str(job.get("Exit_status", "0")) == "0", job)
 
     def scenario_admin_offline(self):
         """pbsnodes -o -C "admin: maintenance", a drift, the drift fixed: the admin's offline and
