@@ -50,19 +50,27 @@ fn json_of(o: &Output) -> Value {
 }
 
 fn node(cpus: u32) -> Node {
+    node_with(cpus, &[])
+}
+
+/// An emulated node of `cpus` CPUs made with `msrsave emulate ... EMULATE_ARGS`.
+fn node_with(cpus: u32, emulate_args: &[&str]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
     let list = base.join("list");
     std::fs::write(&list, LIST).unwrap();
     let root = base.join("node");
-    let o = msrsave(&[
+    let cpus_arg = cpus.to_string();
+    let mut args = vec![
         "emulate",
         root.to_str().unwrap(),
         "--cpus",
-        &cpus.to_string(),
+        &cpus_arg,
         "--allowlist",
         list.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(emulate_args);
+    let o = msrsave(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let n = Node {
         _dir: dir,
@@ -544,31 +552,17 @@ fn check_prometheus_textfile_clean_and_drifted() {
 /// `restore` writes it once per package, and every CPU of the package holds it again.
 #[test]
 fn package_registers_are_checked_and_restored_once_per_package() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_path_buf();
-    let list = base.join("list");
-    std::fs::write(&list, LIST).unwrap();
-    let root = base.join("node");
-    let o = msrsave(&[
-        "emulate",
-        root.to_str().unwrap(),
-        "--cpus",
-        "8",
-        "--packages",
-        "2",
-        "--threads-per-core",
-        "2",
-        "--cpu-model",
-        "06_8F",
-        "--allowlist",
-        list.to_str().unwrap(),
-    ]);
-    assert_exit(&o, 0);
-    let n = Node {
-        _dir: dir,
-        root,
-        base,
-    };
+    let n = node_with(
+        8,
+        &[
+            "--packages",
+            "2",
+            "--threads-per-core",
+            "2",
+            "--cpu-model",
+            "06_8F",
+        ],
+    );
     let snap = n.path("snap.msr");
     let j = json_of(&n.run(&["--json", "save", &snap]));
     assert_eq!(j["topology"].as_str(), Some("2 packages, 8 CPUs"), "{j}");

@@ -39,19 +39,24 @@ fn node_name() -> String {
     host.split('.').next().unwrap_or(&host).to_string()
 }
 
-/// Run scontrol with `args`; its stdout, or why it failed.
-fn scontrol(cfg: &Config, args: &[String]) -> Result<String, String> {
-    match Command::new(&cfg.scontrol).args(args).output() {
+/// Run a Slurm command with `args`; its stdout, or why it failed.
+fn run_slurm(path: &std::path::Path, args: &[String]) -> Result<String, String> {
+    match Command::new(path).args(args).output() {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => Err(format!(
             "{} {} ({}): {}",
-            cfg.scontrol.display(),
+            path.display(),
             args.join(" "),
             o.status,
             String::from_utf8_lossy(&o.stderr).trim()
         )),
-        Err(e) => Err(format!("cannot run {}: {e}", cfg.scontrol.display())),
+        Err(e) => Err(format!("cannot run {}: {e}", path.display())),
     }
+}
+
+/// Run scontrol with `args`.
+fn scontrol(cfg: &Config, args: &[String]) -> Result<String, String> {
+    run_slurm(&cfg.scontrol, args)
 }
 
 /// Drain this node with `msg` as the reason (when `drain=yes`), and log what happened.
@@ -89,17 +94,7 @@ fn squeue(cfg: &Config, args: &[String]) -> Result<String, String> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| "squeue".into(), |d| d.join("squeue"));
-    match Command::new(&path).args(args).output() {
-        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => Err(format!(
-            "{} {} ({}): {}",
-            path.display(),
-            args.join(" "),
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {}: {e}", path.display())),
-    }
+    run_slurm(&path, args)
 }
 
 /// The jobs SLURM runs on this node: slurmd's own view (the job steps its slurmstepds run,

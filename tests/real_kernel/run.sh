@@ -27,10 +27,8 @@ log() { printf 'real_kernel: %s\n' "$*" >&2; }
 die() { printf 'real_kernel: error: %s\n' "$*" >&2; exit 2; }
 # shellcheck source=tests/lib/guest.sh
 . "$REPO/tests/lib/guest.sh"
-now() { guest_now; }
-secs() { guest_secs "$@"; }
 
-t_start=$(now)
+t_start=$(guest_now)
 if [ "$#" -gt 0 ]; then scenarios=("$@"); else scenarios=("${ALL_SCENARIOS[@]}"); fi
 for s in "${scenarios[@]}"; do
     case " ${ALL_SCENARIOS[*]} " in *" $s "*) ;; *) die "unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})" ;; esac
@@ -38,7 +36,6 @@ done
 
 # ------------------------------------------------------------------ host side: packages, kernel
 guest_kernel
-kdir=$GUEST_KDIR
 busybox=/bin/busybox
 
 # ------------------------------------------------------------------ static binaries
@@ -63,7 +60,7 @@ mkdir -p "$root/bin" "$root/test" "$root/etc" "$root/dev" "$root/proc" "$root/sy
 cp "$busybox" "$root/bin/busybox"
 cp "$rawmsr" "$root/bin/rawmsr"
 [ -z "$msrsave" ] || cp "$msrsave" "$root/bin/msrsave"
-cp "$kdir/msr.ko" "$root/test/msr.ko"
+cp "$GUEST_KDIR/msr.ko" "$root/test/msr.ko"
 cp "$HERE/guest/init" "$root/init"
 cp "$HERE/guest/scenarios.sh" "$HERE/guest/allowlist" "$root/test/"
 chmod 0755 "$root/init"
@@ -73,7 +70,7 @@ guest_cpio "$root" "$work/initrd.cpio"
 
 # ------------------------------------------------------------------ boots
 mkdir -p "$LOGS"
-log "kernel $(cat "$kdir/version") ($(basename "$GUEST_KERNEL")), logs in $LOGS"
+log "kernel $(cat "$GUEST_KDIR/version") ($(basename "$GUEST_KERNEL")), logs in $LOGS"
 total_pass=0
 total_fail=0
 failed_boots=()
@@ -87,19 +84,16 @@ for s in "${scenarios[@]}"; do
         # shellcheck disable=SC2034 # guest_boot reads them
         GUEST_CPU=max,vendor=GenuineIntel,family=6,model=143 GUEST_SMP=8,sockets=2,cores=2,threads=2
     fi
-    t0=$(now)
+    t0=$(guest_now)
     guest_boot "$s" "$work/initrd.cpio" "$LOGS" "$BOOT_TIMEOUT"
-    t1=$(now)
-    n_pass=$GUEST_PASS
-    n_fail=$GUEST_FAIL
-    why=$GUEST_WHY
-    total_pass=$((total_pass + n_pass))
-    total_fail=$((total_fail + n_fail))
-    if [ -n "$why" ]; then failed_boots+=("$s"); fi
-    log "boot: $s took $(secs "$t0" "$t1") s: $n_pass passed, $n_fail failed${why:+ ($why)}"
+    t1=$(guest_now)
+    total_pass=$((total_pass + GUEST_PASS))
+    total_fail=$((total_fail + GUEST_FAIL))
+    if [ -n "$GUEST_WHY" ]; then failed_boots+=("$s"); fi
+    log "boot: $s took $(guest_secs "$t0" "$t1") s: $GUEST_PASS passed, $GUEST_FAIL failed${GUEST_WHY:+ ($GUEST_WHY)}"
 done
 
-log "suite took $(secs "$t_start" "$(now)") s"
+log "suite took $(guest_secs "$t_start" "$(guest_now)") s"
 if [ "${#failed_boots[@]}" -gt 0 ]; then
     log "failed: ${failed_boots[*]} (logs: $LOGS)"
 fi

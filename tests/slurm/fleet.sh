@@ -3,10 +3,10 @@
 # fingerprint per node with srun (one task per node) and compares them. For tests/slurm/run.sh,
 # which sources this file once its cluster is up and calls
 #
-#   fleet_scenario NODE_DIR MSRSAVE REPO
+#   fleet_scenario NODE_DIR MSRSAVE FLEET NODE_NAME
 #
 # NODE_DIR is the emulated node the cluster's node works on, MSRSAVE the msrsave binary the jobs
-# can run, REPO the repository. Uses run.sh's check/pass/fail. The one-node cluster gives one
+# can run, FLEET the msr-restore-fleet script, NODE_NAME the cluster's node. Uses run.sh's check/pass/fail. The one-node cluster gives one
 # fingerprint: the scenario checks that srun delivered it whole (the node's name from
 # SLURMD_NODENAME, the policy's fields), that a clean node compares clean (exit 0) and that a
 # static field broken on the node is found (exit 1), with the scheduler in between.

@@ -46,10 +46,7 @@ in_root() {
 # The Slurm commands the scripts call are the cluster's (a chrooted root's Slurm only talks to
 # clients of its own release range: the host's 22.05 scontrol cannot talk to a 24.11 slurmctld).
 scontrol() { in_root scontrol "$@"; }
-sinfo() { in_root sinfo "$@"; }
 squeue() { in_root squeue "$@"; }
-sbatch() { in_root sbatch "$@"; }
-srun() { in_root srun "$@"; }
 slurmd() { in_root slurmd "$@"; }
 slurmctld() { in_root slurmctld "$@"; }
 # The path of the cluster's COMMAND as its daemons see it (e.g. scontrol= for the plugin).

@@ -10,7 +10,7 @@
 #   MSR_SLURM_ROOT_<MAJOR>_<MINOR>, e.g. MSR_SLURM_ROOT_24_11=/opt/roots/trixie-slurm: a root
 #     directory holding that Slurm (slurmd, slurmctld, slurm-client, munge and libslurm-dev; for
 #     24.11 a Debian 13 root). Its daemons run chrooted and the plugin is built against its
-#     headers. This suite does not make roots: make one under /opt or /tmp and name it here.
+#     headers.
 #     It adds the user msrtest to the root and, while a cluster runs, mounts /proc, /sys, the
 #     host's /etc/hosts and the scratch directory there (tests/slurm/lib.sh).
 #   else the host, when its own Slurm is that series (the script installs Debian 12's: 22.05).
